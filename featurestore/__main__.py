@@ -1,0 +1,3 @@
+from featurestore.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""Spectral targets: waveform, log power spectrum, log-mel, MFCC, gammatone, contrast, CQT.
+
+All share the clip's STFT through :class:`~featurestore.targets.base.Frames`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featurestore.targets import register
+from featurestore.targets.base import Frames, Target
+
+EPS = 1e-10
+
+
+@register
+class Waveform(Target):
+    name = "waveform"
+    dim = 1
+    rate = "sample"
+    library = "numpy"
+    dtype = "int16"
+    default = True
+    description = "the clip itself (encoder input and waveform-decoder target), int16 PCM"
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        return frames.y
+
+
+@register
+class LogPowerSpectrum(Target):
+    name = "lps"
+    dim = 513
+    library = "librosa"
+    params = {"n_fft": 1024}
+    default = True
+    description = "log power spectrum, natural log of |STFT|^2 + 1e-10, Hann window n_fft"
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        return np.log(frames.power(self.params["n_fft"]) + EPS).T
+
+
+@register
+class LogMel(Target):
+    name = "fbank"
+    dim = 80
+    library = "librosa"
+    params = {"n_fft": 1024, "n_mels": 80, "fmin": 0.0, "fmax": None}
+    default = True
+    description = "log mel filterbank energies (Slaney mel scale), natural log + 1e-10"
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        p = self.params
+        return np.log(frames.mel_power(p["n_fft"], p["n_mels"], p["fmin"], p["fmax"]) + EPS).T
+
+
+@register
+class MFCC(Target):
+    name = "mfcc"
+    dim = 60
+    library = "librosa"
+    params = {"n_fft": 1024, "n_mels": 80, "n_mfcc": 20}
+    deltas = 2
+    default = True
+    description = "MFCC (DCT-II of the dB log-mel) with first and second deltas"
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        import librosa
+
+        p = self.params
+        mel_db = librosa.power_to_db(frames.mel_power(p["n_fft"], p["n_mels"], 0.0, None))
+        return librosa.feature.mfcc(S=mel_db, n_mfcc=p["n_mfcc"]).T
+
+
+def erb_space(fmin: float, fmax: float, n: int) -> np.ndarray:
+    """``n`` centre frequencies (Hz) equally spaced on the ERB-rate scale (Glasberg & Moore)."""
+    def to_erb(f: np.ndarray | float) -> np.ndarray:
+        return 21.4 * np.log10(1.0 + 0.00437 * np.asarray(f))
+
+    erbs = np.linspace(to_erb(fmin), to_erb(fmax), n)
+    return (10.0 ** (erbs / 21.4) - 1.0) / 0.00437
+
+
+def gammatone_weights(sample_rate: int, n_fft: int, n_bands: int, fmin: float) -> np.ndarray:
+    """Magnitude responses of 4th-order gammatone filters on the STFT bins.
+
+    Returns
+    -------
+    np.ndarray, shape (n_bands, 1 + n_fft // 2)
+        Row ``k`` is ``|H_k(f)| = (1 + ((f - fc_k) / (1.019 ERB(fc_k)))**2) ** -2``,
+        normalised to unit sum, for centre frequencies ``fc_k`` ERB-spaced from ``fmin`` to
+        0.9 x Nyquist.
+    """
+    freqs = np.linspace(0.0, sample_rate / 2.0, 1 + n_fft // 2)
+    centres = erb_space(fmin, 0.9 * sample_rate / 2.0, n_bands)
+    erb = 24.7 + centres / 9.265
+    resp = (1.0 + ((freqs[None, :] - centres[:, None]) / (1.019 * erb[:, None])) ** 2) ** -2
+    return (resp / resp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@register
+class GammatoneLong(Target):
+    name = "gtn_long"
+    dim = 40
+    library = "numpy"
+    params = {"n_fft": 2048, "n_bands": 40, "fmin": 100.0}
+    description = (
+        "long-context gammatone filterbank: 40 ERB-spaced 4th-order gammatone responses "
+        "applied to a 2048-sample STFT magnitude, log"
+    )
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        p = self.params
+        w = frames.memo(
+            ("gammatone", frames.sample_rate, p["n_fft"], p["n_bands"], p["fmin"]),
+            lambda: gammatone_weights(frames.sample_rate, p["n_fft"], p["n_bands"], p["fmin"]),
+        )
+        return np.log(w @ frames.magnitude(p["n_fft"]) + 1e-6).T
+
+
+@register
+class SpectralContrast(Target):
+    name = "contrast"
+    dim = 7
+    library = "librosa"
+    params = {"n_fft": 1024, "n_bands": 6, "fmin": 100.0}
+    default = True
+    description = "spectral contrast (peak-valley in dB) in 6 octave bands from 100 Hz + one"
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        import librosa
+
+        p = self.params
+        return librosa.feature.spectral_contrast(
+            S=frames.magnitude(p["n_fft"]), sr=frames.sample_rate, n_bands=p["n_bands"],
+            fmin=p["fmin"],
+        ).T
+
+
+@register
+class ConstantQ(Target):
+    name = "cqt"
+    dim = 84
+    library = "librosa"
+    params = {"n_bins": 84, "bins_per_octave": 12, "fmin": 32.703195662574764}
+    default = True
+    description = "log constant-Q magnitude, 7 octaves from C1 (32.7 Hz), 12 bins per octave"
+
+    def compute(self, frames: Frames) -> np.ndarray:
+        p = self.params
+        return np.log(frames.cqt(p["n_bins"], p["bins_per_octave"], p["fmin"]) + 1e-6).T
