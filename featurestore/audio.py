@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -68,6 +69,9 @@ def decode(
         raise AudioError(f"cannot decode: {e}") from None
     if info.frames == 0:
         raise AudioError("no audio samples (zero-length file)")
+    # libsndfile shortens a WAV/AIFF whose data ends early to what is there, silently:
+    # the header's own count is what tells a truncated file from a short one.
+    declared = max(info.frames, declared_frames(path, info.subtype) or 0)
     if info.samplerate <= 0:
         raise AudioError(f"invalid sample rate {info.samplerate}")
     seg_len = max(1, round(max_seconds * sample_rate))
@@ -105,10 +109,55 @@ def decode(
     if n_read == 0:
         raise AudioError("no audio samples")
     # mp3 headers only estimate the length; for exact formats a short read is truncation.
-    if info.format != "MP3" and n_read < info.frames:
-        raise AudioError(f"truncated: header declares {info.frames} samples, decoded {n_read}")
+    if info.format != "MP3" and n_read < declared:
+        raise AudioError(f"truncated: header declares {declared} samples, decoded {n_read}")
     if n_pending:
         yield np.concatenate(pending)
+
+
+_PCM_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4,
+              "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+
+
+def declared_frames(path: str | os.PathLike[str], subtype: str) -> int | None:
+    """The number of sample frames a WAV (RIFF/RIFX) or AIFF header declares, or None
+    when the file is of another container, uses a compressed encoding, or leaves the size
+    open (streaming writers put 0 or 0xFFFFFFFF there)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12:
+                return None
+            if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+                endian, wav = ("<" if head[:4] == b"RIFF" else ">"), True
+            elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                endian, wav = ">", False
+            else:
+                return None
+            block_align = 0
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, n = struct.unpack(f"{endian}4sI", f.read(8))
+                if wav and chunk_id == b"fmt ":
+                    fmt = f.read(16)
+                    if len(fmt) < 16:
+                        return None
+                    block_align = struct.unpack(f"{endian}H", fmt[12:14])[0]
+                elif wav and chunk_id == b"data":
+                    if n in (0, 0xFFFFFFFF) or subtype not in _PCM_BYTES or not block_align:
+                        return None
+                    return n // block_align
+                elif not wav and chunk_id == b"COMM":
+                    comm = f.read(6)
+                    if len(comm) < 6 or subtype not in _PCM_BYTES:
+                        return None
+                    return int(struct.unpack(">hI", comm)[1])
+                pos += 8 + n + (n & 1)
+    except (OSError, struct.error):
+        return None
+    return None
 
 
 def sha1_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

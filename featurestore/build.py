@@ -103,10 +103,14 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None) -> I
         else:
             import logging
 
-            cluster = distributed.LocalCluster(
-                n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=logging.ERROR,
-            )
+            # Ctrl-C goes to the whole process group: the worker processes inherit an
+            # ignored SIGINT, so that only this process handles it (closing the cluster
+            # cleanly) instead of every worker printing a KeyboardInterrupt traceback.
+            with _sigint_ignored():
+                cluster = distributed.LocalCluster(
+                    n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                    processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                )
             client = distributed.Client(cluster)
         try:
             yield client.get_executor(pure=False)
@@ -114,6 +118,23 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None) -> I
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this block (processes spawned in it keep ignoring it); a no-op
+    outside the main thread, where signal handlers cannot be changed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def partitions(clips: Sequence[Clip], size: int) -> list[list[Clip]]:
@@ -148,18 +169,44 @@ def _shard_is_complete(path: Path, expected: str) -> bool:
 
 
 def _stored_targets(files: Sequence[Path], sample_rate: int, hop: int) -> dict[str, Store]:
-    """Targets already in an existing output, after checking it is compatible."""
+    """Targets already in every file of an existing output, after checking it is
+    compatible. A target in only some files (an add pass interrupted between files) counts
+    as missing: adding it again leaves the files that have it as they are."""
     found: dict[str, Store] = {}
-    for path in files:
+    for k, path in enumerate(files):
         store = open_store(path)
         if (store.sample_rate, store.hop) != (sample_rate, hop):
             raise FeatureStoreError(
                 f"{path}: exists with sample rate {store.sample_rate} and hop {store.hop}, not "
                 f"{sample_rate} and {hop}; choose another output or remove it"
             )
-        for name in store.targets:
-            found.setdefault(name, store)
+        if k == 0:
+            found = {name: store for name in store.targets}
+        else:
+            found = {name: s for name, s in found.items() if name in store.targets}
     return found
+
+
+def _complete_file_set(files: list[Path]) -> bool:
+    """Whether ``<stem>-NNN.h5`` files are one whole corpus: each records its place
+    ``[k, K]`` and all K are there (a fresh build killed while writing them is not)."""
+    import h5py
+
+    places = []
+    for path in files:
+        try:
+            with h5py.File(path, "r") as f:
+                places.append(json.loads(str(f.attrs["files"])))
+        except (OSError, KeyError, ValueError):
+            return False
+    return sorted(places) == [[k, len(files)] for k in range(len(files))]
+
+
+def _same_declaration(stored: Any, current: Any) -> bool:
+    """Whether a stored target spec still describes the registry's target (the wording
+    of its description and its membership of the default set do not change values)."""
+    keys = ("name", "dim", "rate", "library", "dtype", "params", "deltas")
+    return all(getattr(stored, k) == getattr(current, k) for k in keys)
 
 
 def build(
@@ -224,21 +271,38 @@ def build(
         raise FeatureStoreError(f"{output}: the store name must end in .h5")
     if partition_size < 1:
         raise FeatureStoreError(f"partition size must be at least 1, got {partition_size}")
+    if hours_per_file is not None and not hours_per_file > 0:
+        raise FeatureStoreError(f"hours per file must be positive, got {hours_per_file}")
     requested = [t.name for t in resolve(targets)]
     clips = load_manifest(source, layout)
     existing_files = output_files(output, hours_per_file)
+    notes = []
+    if hours_per_file is not None and existing_files and not _complete_file_set(existing_files):
+        # A fresh multi-file build stopped while writing its files: its shards are kept,
+        # so writing the files again is cheap.
+        notes.append(f"incomplete set of {len(existing_files)} store file(s) rewritten")
+        existing_files = []
     stored = _stored_targets(existing_files, sample_rate, hop)
     for name, store in stored.items():
-        if name in requested and store.specs[name] != _spec_of(name):
+        if name in requested and not _same_declaration(store.specs[name], _spec_of(name)):
+            old, now = store.specs[name], _spec_of(name)
             raise FeatureStoreError(
-                f"{store.path}: target {name!r} was computed with other parameters "
-                f"({store.specs[name].params}); rebuild the store to change them"
+                f"{store.path}: target {name!r} was computed with other parameters (stored "
+                f"{json.dumps(old.params, sort_keys=True)}, deltas {old.deltas}, dtype "
+                f"{old.dtype}; declared now {json.dumps(now.params, sort_keys=True)}, deltas "
+                f"{now.deltas}, dtype {now.dtype}); rebuild the store to change them"
             )
     new = [n for n in requested if n not in stored]
     if existing_files and not new:
         report = _report(existing_files, [], 0, 0, t0)
         report.notes.append("up to date: every requested target is in the store")
         return report
+    if existing_files and hours_per_file is not None:
+        # The files record partition ranges: add targets with the partitions they hold.
+        recorded = open_store(existing_files[0]).attrs.get("partition_size")
+        if recorded is not None and int(recorded) != partition_size:
+            notes.append(f"partition size {int(recorded)} of the existing files used")
+            partition_size = int(recorded)
     config = ExtractConfig(
         targets=tuple(new), sample_rate=sample_rate, hop=hop, max_seconds=max_seconds,
         min_seconds=min_seconds, with_waveform=not existing_files,
@@ -256,17 +320,28 @@ def build(
         if todo and executor is None:
             executor = stack.enter_context(dask_executor(workers, scheduler))
         _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress)
-    attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source)}
+    if not existing_files:
+        shards = [open_store(p) for p in shard_paths]
+        if not any(s.n_clips for s in shards):
+            # Nothing to store: no output file (a later run would take it as up to date).
+            errors = [e for s in shards for e in s.errors]
+            for path in shard_paths:
+                path.unlink()
+            with contextlib.suppress(OSError):
+                parts_dir.rmdir()
+            first = f"; first: {errors[0][0]}: {errors[0][1]}" if errors else ""
+            raise FeatureStoreError(
+                f"{source}: no clip could be read ({len(errors)} errors{first})")
+    attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source),
+             "partition_size": partition_size}
     outputs = _assemble(output, shard_paths, existing_files, hours_per_file, attrs)
     for path in shard_paths:
         path.unlink()
-    if not any(open_store(p).n_clips for p in outputs):
-        errors = open_store(outputs[0]).errors
-        first = f"; first: {errors[0][0]}: {errors[0][1]}" if errors else ""
-        raise FeatureStoreError(f"{source}: no clip could be read ({len(errors)} errors{first})")
     with contextlib.suppress(OSError):
         parts_dir.rmdir()
-    return _report(outputs, new, len(parts), len(todo), t0)
+    report = _report(outputs, new, len(parts), len(todo), t0)
+    report.notes[:0] = notes
+    return report
 
 
 def _spec_of(name: str) -> Any:
@@ -287,7 +362,8 @@ def _run_partitions(
         return
     assert executor is not None
     specs = config.specs()
-    done_clips = sum(len(p) for i, p in enumerate(parts) if i not in set(todo))
+    todo_set = set(todo)
+    done_clips = sum(len(p) for i, p in enumerate(parts) if i not in todo_set)
     bar = tqdm(total=sum(len(p) for p in parts), initial=done_clips, unit="file",
                disable=not progress, file=sys.stderr, smoothing=0.1, dynamic_ncols=True)
     window = 2 * _parallelism(executor)
@@ -304,7 +380,14 @@ def _run_partitions(
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 i = running.pop(future)
-                result = future.result()
+                try:
+                    result = future.result()
+                except Exception as e:  # noqa: BLE001 - a lost worker, not one bad input
+                    files = parts[i][0].path + (
+                        f" ... {parts[i][-1].path}" if len(parts[i]) > 1 else "")
+                    raise FeatureStoreError(
+                        f"partition {i} ({files}) failed: {type(e).__name__}: {e}; finished "
+                        "shards are kept, run the same command to resume") from None
                 if strict and result.errors:
                     path, reason = result.errors[0]
                     raise FeatureStoreError(f"{path}: {reason} (--strict)")
@@ -342,9 +425,10 @@ def _assemble(output: Path, shard_paths: list[Path], existing: list[Path],
     if existing:
         outputs = []
         for path in existing:
-            first, stop = json.loads(str(open_store(path).attrs["partitions"]))
+            old = open_store(path).attrs
+            first, stop = json.loads(str(old["partitions"]))
             assemble(path, shard_paths[first:stop], base=path,
-                     attrs={**attrs, "partitions": json.dumps([first, stop])})
+                     attrs={**attrs, "partitions": old["partitions"], "files": old["files"]})
             outputs.append(path)
         return outputs
     groups: list[tuple[int, int]] = []
@@ -352,14 +436,22 @@ def _assemble(output: Path, shard_paths: list[Path], existing: list[Path],
     for i, path in enumerate(shard_paths):
         seconds += open_store(path).seconds
         if seconds >= hours_per_file * 3600 or i == len(shard_paths) - 1:
-            groups.append((first, i + 1))
+            if seconds == 0 and groups:  # a tail of unreadable inputs: no empty file
+                groups[-1] = (groups[-1][0], i + 1)
+            else:
+                groups.append((first, i + 1))
             first, seconds = i + 1, 0.0
     outputs = []
     for k, (first, stop) in enumerate(groups):
         path = output.with_name(f"{output.stem}-{k:03d}{output.suffix}")
         assemble(path, shard_paths[first:stop],
-                 attrs={**attrs, "partitions": json.dumps([first, stop])})
+                 attrs={**attrs, "partitions": json.dumps([first, stop]),
+                        "files": json.dumps([k, len(groups)])})
         outputs.append(path)
+    # Files of an earlier, larger split of this output would be taken for part of it.
+    for stale in output_files(output, hours_per_file):
+        if stale not in outputs:
+            stale.unlink()
     return outputs
 
 

@@ -24,6 +24,9 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except FeatureStoreError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except OSError as e:  # an unwritable output folder, a full disk, ...
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: finished shards are kept; run the same command to resume",
                        err=True)
@@ -106,7 +109,8 @@ def info(store: str, as_json: bool) -> None:
         "hop": s.hop, "bytes": file_bytes,
         "bytes_per_audio_hour": file_bytes / hours if hours else None,
         "waveform_bytes": int(s.waveform.nbytes), "labels": dict(labels.most_common()),
-        "splits": dict(splits), "targets": targets, "errors": len(s.errors),
+        "splits": dict(splits), "targets": targets, "n_errors": len(s.errors),
+        "errors": [{"path": p, "reason": r} for p, r in s.errors],
         "schema_version": s.attrs.get("schema_version"), "created": s.attrs.get("created"),
         "source": s.attrs.get("source"),
     }

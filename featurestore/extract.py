@@ -35,7 +35,8 @@ class ExtractConfig:
     max_seconds : float
         Longer files are cut into clips of this length, ids suffixed ``@0000``, ``@0001``...
     min_seconds : float
-        Shorter files (or final segments) are skipped and recorded as too short.
+        Shorter files are skipped and recorded as too short; a long file's final segment
+        shorter than this is dropped (the file's other segments are kept).
     with_waveform : bool
         Whether to return the waveform (False when adding targets to a built store).
     """
@@ -100,7 +101,8 @@ class PartitionResult:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
     @property
-    def seconds(self) -> float:
+    def n_samples(self) -> int:
+        """Samples over every clip (at the store's sample rate)."""
         return sum(c.n_samples for c in self.clips)
 
 

@@ -68,9 +68,11 @@ class Stats:
     count: int
     mean: np.ndarray
     std: np.ndarray
+    m2: np.ndarray | None = None  # sum of squared deviations, as stored (exact combining)
 
     def moments(self) -> Moments:
-        return Moments(self.count, self.mean, self.std**2 * self.count)
+        m2 = self.m2 if self.m2 is not None else self.std**2 * self.count
+        return Moments(self.count, self.mean, m2)
 
 
 @dataclass
@@ -180,32 +182,45 @@ def open_store(path: str | os.PathLike[str]) -> Store:
         version = f.attrs.get("schema_version")
         if version is None or "clips" not in f:
             raise FeatureStoreError(f"{path}: not a featurestore store (no schema_version)")
-        if int(version) != SCHEMA_VERSION:
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            raise FeatureStoreError(f"{path}: unreadable schema_version {version!r}") from None
+        if version != SCHEMA_VERSION:
             raise FeatureStoreError(
-                f"{path}: written with store schema version {int(version)}; this featurestore "
+                f"{path}: written with store schema version {version}; this featurestore "
                 f"reads version {SCHEMA_VERSION} (rebuild the store)"
             )
-        clips = {}
-        for col in STRING_COLUMNS:
-            clips[col] = np.array(f["clips"][col].asstr()[...], dtype=object)
-        for col in INT_COLUMNS:
-            clips[col] = f["clips"][col][...].astype(np.int64)
-        targets, specs, stats = {}, {}, {}
-        for name, dset in f.get("targets", {}).items():
-            targets[name] = _memmap(path, dset)
-            specs[name] = TargetSpec.from_json(dset.attrs["spec"])
-            stats[name] = Stats(int(dset.attrs["count"]), np.asarray(dset.attrs["mean"]),
-                                np.asarray(dset.attrs["std"]))
-        errors = []
-        if "errors" in f:
-            errors = list(zip(f["errors"]["path"].asstr()[...],
-                              f["errors"]["reason"].asstr()[...], strict=True))
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-        return Store(
-            path=path, sample_rate=int(attrs["sample_rate"]), hop=int(attrs["hop"]),
-            clips=clips, waveform=_memmap(path, f["waveform"]), targets=targets, specs=specs,
-            stats=stats, errors=errors, attrs=attrs,
-        )
+        try:
+            return _read_store(path, f)
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            raise FeatureStoreError(f"{path}: damaged store ({type(e).__name__}: {e})") from None
+
+
+def _read_store(path: Path, f: Any) -> Store:
+    clips = {}
+    for col in STRING_COLUMNS:
+        clips[col] = np.array(f["clips"][col].asstr()[...], dtype=object)
+    for col in INT_COLUMNS:
+        clips[col] = f["clips"][col][...].astype(np.int64)
+    targets, specs, stats = {}, {}, {}
+    for name, dset in f.get("targets", {}).items():
+        targets[name] = _memmap(path, dset)
+        specs[name] = TargetSpec.from_json(dset.attrs["spec"])
+        m2 = dset.attrs.get("m2")
+        stats[name] = Stats(int(dset.attrs["count"]), np.asarray(dset.attrs["mean"]),
+                            np.asarray(dset.attrs["std"]),
+                            None if m2 is None else np.asarray(m2))
+    errors = []
+    if "errors" in f:
+        errors = list(zip(f["errors"]["path"].asstr()[...],
+                          f["errors"]["reason"].asstr()[...], strict=True))
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    return Store(
+        path=path, sample_rate=int(attrs["sample_rate"]), hop=int(attrs["hop"]),
+        clips=clips, waveform=_memmap(path, f["waveform"]), targets=targets, specs=specs,
+        stats=stats, errors=errors, attrs=attrs,
+    )
 
 
 def open_stores(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Store]:
@@ -239,7 +254,7 @@ def combined_stats(stores: Sequence[Store], name: str) -> Stats:
     total = Moments(0, np.zeros(stores[0].specs[name].dim), np.zeros(stores[0].specs[name].dim))
     for s in stores:
         total = total + s.stats[name].moments()
-    return Stats(total.count, total.mean, total.std)
+    return Stats(total.count, total.mean, total.std, total.m2)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -394,9 +409,13 @@ def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[
         at = 0
         for s in rows_from:
             n = len(s.waveform)
-            if n:
-                wave[at : at + n] = s.waveform
+            for start in range(0, n, 1 << 22):  # bounded memory for long corpora
+                chunk = s.waveform[start : start + (1 << 22)]
+                wave[at + start : at + start + len(chunk)] = chunk
             at += n
+        if at != total_samples:
+            raise FeatureStoreError(
+                f"{output}: waveform has {at} samples, the clips declare {total_samples}")
         g = f.create_group("targets")
         for name, spec in specs.items():
             rows = n_clips if spec.rate == "clip" else total_frames
@@ -434,6 +453,9 @@ def verify(path: str | os.PathLike[str], *, block_rows: int = 1 << 16) -> list[s
         return [str(e)]
     problems = []
     c = s.clips
+    lengths = {col: len(v) for col, v in c.items()}
+    if len(set(lengths.values())) > 1:
+        return [f"clip columns differ in length: {lengths}"]
     if len(set(c["id"].tolist())) != s.n_clips:
         problems.append("clip ids are not unique")
     bad_splits = set(c["split"].tolist()) - {"train", "valid", "test", ""}
@@ -445,6 +467,8 @@ def verify(path: str | os.PathLike[str], *, block_rows: int = 1 << 16) -> list[s
         expect = np.concatenate([[0], np.cumsum(c[size])[:-1]]) if s.n_clips else c[size]
         if (c[col] != expect).any():
             problems.append(f"{col} is not the running sum of {size}")
+    if s.waveform.dtype != np.int16:
+        problems.append(f"waveform has dtype {s.waveform.dtype}, expected int16")
     if len(s.waveform) != int(c["n_samples"].sum()):
         problems.append(f"waveform has {len(s.waveform)} samples, clips sum to "
                         f"{int(c['n_samples'].sum())}")
@@ -454,6 +478,8 @@ def verify(path: str | os.PathLike[str], *, block_rows: int = 1 << 16) -> list[s
         if x.shape != (rows, spec.dim):
             problems.append(f"target {name}: shape {x.shape}, expected {(rows, spec.dim)}")
             continue
+        if x.dtype != np.dtype(spec.dtype):
+            problems.append(f"target {name}: dtype {x.dtype}, declared {spec.dtype}")
         total = Moments(0, np.zeros(spec.dim), np.zeros(spec.dim))
         finite = True
         for start in range(0, rows, block_rows):

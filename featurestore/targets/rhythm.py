@@ -14,11 +14,14 @@ def onset_envelope(frames: Frames, n_fft: int, n_mels: int) -> np.ndarray:
 
     def make() -> np.ndarray:
         mel_db = librosa.power_to_db(frames.mel_power(n_fft, n_mels, 0.0, None))
+        # A centred window starts to see an onset half a window before its centre reaches
+        # it, so the raw flux peaks n_fft / 2 samples early. center=True delays the flux by
+        # n_fft // (2 * hop) frames (plus the one frame the difference needs), so that the
+        # peak lands on the frame centred on the onset; the first frames are 0.
         env = librosa.onset.onset_strength(
-            S=mel_db, sr=frames.sample_rate, hop_length=frames.hop, center=False
+            S=mel_db, sr=frames.sample_rate, hop_length=frames.hop, n_fft=n_fft, center=True
         )
-        # A difference needs a previous frame: frame t holds the flux from t-1 to t.
-        return np.concatenate([[0.0], env[1:]]).astype(np.float32)[: frames.n_frames]
+        return env.astype(np.float32)[: frames.n_frames]
 
     return frames.memo(("onset", n_fft, n_mels), make)
 

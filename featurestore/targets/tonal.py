@@ -52,7 +52,10 @@ class HPCP(Target):
     name = "hpcp"
     dim = 12
     library = "essentia"
-    params = {"n_fft": 1024, "max_peaks": 60, "min_frequency": 40.0, "max_frequency": 5000.0}
+    params = {
+        "n_fft": 1024, "max_peaks": 60, "min_frequency": 40.0, "max_frequency": 5000.0,
+        "band_preset": False,
+    }
     description = (
         "harmonic pitch class profile (essentia SpectralPeaks + HPCP), rolled so bin 0 is C"
     )
@@ -68,6 +71,7 @@ class HPCP(Target):
         hpcp = es.HPCP(
             size=12, referenceFrequency=440.0, sampleRate=frames.sample_rate,
             minFrequency=p["min_frequency"], maxFrequency=p["max_frequency"],
+            bandPreset=p["band_preset"],
         )
         columns = np.ascontiguousarray(frames.magnitude(p["n_fft"]).T)
         out = np.zeros((frames.n_frames, 12), dtype=np.float32)

@@ -1,0 +1,27 @@
+# Two commands on a fresh machine (see README.md):
+#   make demo   installs the project and runs the main job on the embedded demo corpus
+#   make test   installs the project with its test tools and runs the tests
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# A CPU build of torch unless one (CPU or CUDA) is installed already.
+TORCH ?= torch==2.13.0
+
+.PHONY: install install-test demo test lint bench
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+
+install-test:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[test]"
+
+demo: install
+	$(PYTHON) -m trainer demo --out runs/demo
+
+test: install-test
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/targets_speed.py

@@ -1,0 +1,254 @@
+"""Building: resume after real kills, a real multi-process Dask cluster (also losing a
+worker mid-build), adding targets to a store, splitting a corpus into several files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import (
+    KILL_CLIPS,
+    KILL_TARGETS,
+    MAIN_TARGETS,
+    Corpus,
+    DaskCluster,
+    assert_same_store,
+    kill_group,
+    wait_group_gone,
+    write_wav,
+)
+
+from featurestore import FeatureStoreError, build, open_store, open_stores, verify
+from featurestore.store import combined_stats
+from featurestore.targets import REGISTRY
+
+
+@pytest.fixture(scope="module")
+def local_slow_store(slow_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The slow corpus built in one go on a local Dask cluster (the reference)."""
+    out = tmp_path_factory.mktemp("local") / "slow.h5"
+    report = build(str(slow_corpus), out, targets=KILL_TARGETS, workers=2, partition_size=1,
+                   progress=False)
+    assert (report.partitions_total, report.partitions_computed) == (KILL_CLIPS, KILL_CLIPS)
+    assert report.n_clips == KILL_CLIPS and report.errors == []
+    assert verify(out) == []
+    return out
+
+
+def wait_for_first_shard(parts_dir: Path, still_running: Any, timeout: float = 180.0) -> None:
+    """Poll until a finished shard (final name) exists in ``parts_dir``."""
+    deadline = time.monotonic() + timeout
+    while not any(parts_dir.glob("part-*.h5")):
+        assert still_running(), "the build ended before its first shard was seen"
+        assert time.monotonic() < deadline, "no shard appeared"
+        time.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_after_a_real_kill(sig: int, slow_corpus: Path, local_slow_store: Path,
+                                  tmp_path: Path) -> None:
+    out = tmp_path / "slow.h5"
+    parts_dir = tmp_path / "slow.h5.parts"
+    cmd = ["featurestore", "build", str(slow_corpus), "-o", str(out), "--targets",
+           KILL_TARGETS, "--workers", "1", "--partition-size", "1", "--quiet"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for_first_shard(parts_dir, lambda: proc.poll() is None)
+            os.killpg(proc.pid, sig)  # the CLI, its Dask nanny and worker processes
+            rc = proc.wait(timeout=60)
+            assert wait_group_gone(proc.pid, 30), "a process of the build outlived the kill"
+        finally:
+            kill_group(proc)
+    first_output = log_path.read_text(errors="replace")
+    if sig == signal.SIGKILL:
+        assert rc == -signal.SIGKILL
+    else:
+        assert rc == 130, first_output
+        assert "interrupted: finished shards are kept" in first_output
+        assert "Traceback" not in first_output
+    assert not out.exists()
+    kept = sorted(parts_dir.glob("part-*.h5"))
+    assert 1 <= len(kept) < KILL_CLIPS
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert second.returncode == 0, second.stdout + second.stderr
+    m = re.search(r"(\d+) of (\d+) partitions computed", second.stdout)
+    assert m is not None, second.stdout
+    assert int(m[2]) == KILL_CLIPS
+    assert int(m[1]) == KILL_CLIPS - len(kept)  # only the missing partitions
+    assert not parts_dir.exists()
+    assert_same_store(out, local_slow_store)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def test_real_cluster_equals_local_build(dask_cluster: DaskCluster, slow_corpus: Path,
+                                         local_slow_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "slow.h5"
+    report = build(str(slow_corpus), out, targets=KILL_TARGETS,
+                   scheduler=dask_cluster.address, partition_size=1, progress=False)
+    assert (report.partitions_total, report.partitions_computed) == (KILL_CLIPS, KILL_CLIPS)
+    assert_same_store(out, local_slow_store)
+
+
+def test_build_survives_losing_a_worker(slow_corpus: Path, local_slow_store: Path,
+                                        tmp_path: Path) -> None:
+    cluster = DaskCluster(tmp_path / "dask", n_workers=2)
+    out = tmp_path / "slow.h5"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(build, str(slow_corpus), out, targets=KILL_TARGETS,
+                                 scheduler=cluster.address, partition_size=1, progress=False)
+            wait_for_first_shard(tmp_path / "slow.h5.parts", lambda: not future.done())
+            victim = cluster.workers[0]
+            kill_group(victim)  # SIGKILL to the worker and its nanny
+            report = future.result(timeout=300)
+        assert victim.returncode == -signal.SIGKILL
+        assert cluster.workers[1].poll() is None
+    finally:
+        cluster.stop()
+    assert (report.partitions_total, report.partitions_computed) == (KILL_CLIPS, KILL_CLIPS)
+    assert_same_store(out, local_slow_store)
+
+
+# --------------------------------------------------------------------------- add targets
+
+
+def test_adding_targets_computes_only_the_new_ones(corpus: Corpus, dask_cluster: DaskCluster,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    kw: dict[str, Any] = {"scheduler": dask_cluster.address, "partition_size": 3,
+                          "progress": False}
+    out = tmp_path / "grow.h5"
+    first = build(str(corpus.csv), out, targets="mfcc", **kw)
+    assert first.targets_added == ["mfcc"]
+    old = open_store(out)
+    old_mfcc = np.array(old.targets["mfcc"])
+
+    second = build(str(corpus.csv), out, targets="mfcc,chroma", **kw)
+    assert second.targets_added == ["chroma"]
+    assert (second.partitions_total, second.partitions_computed) == (3, 3)
+    assert "targets added: chroma; 3 of 3 partitions computed" in second.summary()
+    assert sorted(open_store(out).targets) == ["chroma", "mfcc"]
+    # A reader holding the old file keeps valid maps after the atomic replacement.
+    assert np.array_equal(old.targets["mfcc"], old_mfcc)
+    assert not (tmp_path / "grow.h5.parts").exists()
+
+    fresh = tmp_path / "fresh.h5"
+    build(str(corpus.csv), fresh, targets="mfcc,chroma", **kw)
+    assert_same_store(out, fresh)
+    assert verify(out) == []
+
+    third = build(str(corpus.csv), out, targets="chroma,mfcc", **kw)
+    assert third.targets_added == [] and third.partitions_computed == 0
+    assert "up to date: every requested target is in the store" in third.notes
+    assert "targets added: none (up to date)" in third.summary()
+
+    mfcc = REGISTRY["mfcc"]
+    monkeypatch.setattr(mfcc, "params", {**mfcc.params, "n_mfcc": 13})
+    with pytest.raises(FeatureStoreError) as err:
+        build(str(corpus.csv), out, targets="mfcc,onset", **kw)
+    message = str(err.value)
+    assert "target 'mfcc' was computed with other parameters" in message
+    assert '"n_mfcc": 20' in message and '"n_mfcc": 13' in message
+    assert "rebuild the store" in message and "\n" not in message
+    assert_same_store(out, fresh)  # untouched
+
+
+# --------------------------------------------------------------------------- several files
+
+
+def test_hours_per_file_splits_the_corpus(corpus: Corpus, dask_cluster: DaskCluster,
+                                          built_store: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"scheduler": dask_cluster.address, "progress": False}
+    stem = tmp_path / "split.h5"
+    # Partitions of 2 clips hold 2.2 to 3.6 s: with 2 s per file, one file per partition.
+    report = build(str(corpus.csv), stem, targets=MAIN_TARGETS, partition_size=2,
+                   hours_per_file=2.0 / 3600, **kw)
+    files = [tmp_path / f"split-{k:03d}.h5" for k in range(4)]
+    assert report.outputs == files
+    assert sorted(tmp_path.glob("*.h5")) == files  # no split.h5 itself
+    stores = open_stores(str(tmp_path / "split-*.h5"))
+    assert [s.path for s in stores] == files
+    assert [s.n_clips for s in stores] == [2, 2, 2, 2]
+    single = open_store(built_store)
+    assert report.n_clips == single.n_clips
+    assert np.isclose(report.seconds, single.seconds)
+    for col in ("id", "label", "split", "group", "n_samples", "n_frames", "sha1"):
+        assert np.concatenate([s.clips[col] for s in stores]).tolist() == \
+            single.clips[col].tolist()
+    assert all(s.clips["sample_offset"][0] == 0 for s in stores)
+    assert np.array_equal(np.concatenate([s.waveform for s in stores]), single.waveform)
+    for name in MAIN_TARGETS.split(","):
+        assert np.array_equal(np.concatenate([s.targets[name] for s in stores]),
+                              single.targets[name])
+        c = combined_stats(stores, name)
+        assert c.count == single.stats[name].count
+        np.testing.assert_allclose(c.mean, single.stats[name].mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(c.std, single.stats[name].std, rtol=1e-12, atol=1e-12)
+    assert all(verify(f) == [] for f in files)
+
+    # Adding a target goes file by file over the same partitions, whatever the new
+    # partition size.
+    added = build(str(corpus.csv), stem, targets=MAIN_TARGETS + ",contrast", partition_size=3,
+                  hours_per_file=2.0 / 3600, **kw)
+    assert added.targets_added == ["contrast"]
+    assert added.outputs == files
+    assert "partition size 2 of the existing files used" in added.notes
+    stores = open_stores(files)
+    assert all("contrast" in s.targets and verify(s.path) == [] for s in stores)
+    assert [s.n_clips for s in stores] == [2, 2, 2, 2]
+
+    # A set missing a file (a build stopped while writing them) is written again whole.
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for f in files:
+        shutil.copyfile(f, saved / f.name)
+    files[2].unlink()
+    again = build(str(corpus.csv), stem, targets=MAIN_TARGETS + ",contrast", partition_size=2,
+                  hours_per_file=2.0 / 3600, **kw)
+    assert "incomplete set of 3 store file(s) rewritten" in again.notes
+    assert again.outputs == files
+    for f in files:
+        assert_same_store(f, saved / f.name)
+
+
+def test_no_readable_clip_writes_no_store(tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "a.wav").write_bytes(b"junk" * 100)
+    write_wav(root / "b.wav", np.zeros(100, dtype=np.float32))  # too short
+    out = tmp_path / "none.h5"
+    with pytest.raises(FeatureStoreError, match="no clip could be read \\(2 errors; first: "):
+        build(str(root), out, targets="mfcc", scheduler=dask_cluster.address, progress=False)
+    assert not out.exists()
+    assert not (tmp_path / "none.h5.parts").exists()
+
+
+def test_build_argument_errors(corpus: Corpus, tmp_path: Path) -> None:
+    with pytest.raises(FeatureStoreError, match=r"must end in \.h5"):
+        build(str(corpus.csv), tmp_path / "x.hdf", targets="mfcc")
+    with pytest.raises(FeatureStoreError, match="partition size must be at least 1"):
+        build(str(corpus.csv), tmp_path / "x.h5", targets="mfcc", partition_size=0)
+    with pytest.raises(FeatureStoreError, match="hours per file must be positive"):
+        build(str(corpus.csv), tmp_path / "x.h5", targets="mfcc", hours_per_file=0)
+    with pytest.raises(FeatureStoreError, match="unknown target 'nope'"):
+        build(str(corpus.csv), tmp_path / "x.h5", targets="mfcc,nope")
+    assert not list(tmp_path.iterdir())

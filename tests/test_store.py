@@ -1,0 +1,270 @@
+"""The store: round trip against direct computation, the documented HDF5 schema, memory
+maps, exact statistics, integrity checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import HOP, MAIN_TARGETS, SR, Corpus, quantise
+from threadpoolctl import threadpool_limits
+
+from featurestore import FeatureStoreError, open_store, open_stores, verify
+from featurestore.audio import decode
+from featurestore.cli import main
+from featurestore.extract import Moments
+from featurestore.store import SCHEMA_VERSION, combined_stats
+from featurestore.targets import Frames, resolve
+
+TARGET_NAMES = MAIN_TARGETS.split(",")
+
+
+def decoded(path: str) -> np.ndarray:
+    (y,) = list(decode(path, SR))
+    return y
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_clip_table(built_store: Path, corpus: Corpus) -> None:
+    s = open_store(built_store)
+    assert s.n_clips == len(corpus.rows)
+    assert s.clips["id"].tolist() == [r["id"] for r in corpus.rows]
+    assert s.clips["path"].tolist() == [r["path"] for r in corpus.rows]
+    assert s.clips["label"].tolist() == [r["label"] for r in corpus.rows]
+    assert s.clips["split"].tolist() == [r["split"] for r in corpus.rows]
+    assert s.clips["group"].tolist() == [r["group"] for r in corpus.rows]
+    assert [json.loads(m) for m in s.clips["meta"]] == [{"take": str(k)}
+                                                         for k in range(len(corpus.rows))]
+    n = [len(decoded(r["path"])) for r in corpus.rows]
+    assert s.clips["n_samples"].tolist() == n
+    assert s.clips["n_frames"].tolist() == [k // HOP for k in n]
+    assert s.clips["sample_offset"].tolist() == [sum(n[:i]) for i in range(len(n))]
+    assert s.clips["frame_offset"].tolist() == [sum(k // HOP for k in n[:i])
+                                                for i in range(len(n))]
+    assert s.sample_rate == SR and s.hop == HOP
+    assert s.errors == []
+    # The 22.05 kHz file is resampled to 16 kHz.
+    assert n[5] == round(round(1.3 * 22050) * SR / 22050)
+
+
+def test_waveform_is_decoded_audio_as_int16(built_store: Path, corpus: Corpus) -> None:
+    s = open_store(built_store)
+    assert s.waveform.dtype == np.int16
+    expect = np.concatenate([quantise(decoded(r["path"])) for r in corpus.rows])
+    assert np.array_equal(s.waveform, expect)
+    for i, r in enumerate(corpus.rows):
+        assert np.array_equal(s.waveform_of(i), quantise(decoded(r["path"])))
+
+
+def test_targets_equal_direct_computation(built_store: Path, corpus: Corpus) -> None:
+    s = open_store(built_store)
+    assert sorted(s.targets) == sorted(TARGET_NAMES)
+    with threadpool_limits(1):  # the workers run single-threaded BLAS too
+        for i, r in enumerate(corpus.rows):
+            frames = Frames(decoded(r["path"]), SR, HOP)
+            for name in TARGET_NAMES:
+                expect = resolve(name)[0](frames).astype(np.float16)
+                got = s.frames_of(name, i)
+                assert got.dtype == np.float16
+                assert np.array_equal(got, expect), (r["id"], name)
+    # Frame-rate targets have one row per frame of the whole store, clip-rate one per clip.
+    for name in ("mfcc", "chroma", "onset"):
+        assert s.targets[name].shape == (s.n_frames, s.specs[name].dim)
+    assert s.targets["tempo"].shape == (s.n_clips, 1)
+    assert s.specs["mfcc"].dim == 60 and s.specs["chroma"].dim == 12
+
+
+def test_memmaps_equal_h5py_reads(built_store: Path) -> None:
+    s = open_store(built_store)
+    assert isinstance(s.waveform, np.memmap)
+    with h5py.File(built_store, "r") as f:
+        assert np.array_equal(s.waveform, f["waveform"][...])
+        for name, x in s.targets.items():
+            assert isinstance(x, np.memmap)
+            assert not x.flags.writeable
+            assert x.dtype == f["targets"][name].dtype
+            assert np.array_equal(x, f["targets"][name][...])
+
+
+def test_stats_are_exact_over_stored_values(built_store: Path) -> None:
+    s = open_store(built_store)
+    for name, x in s.targets.items():
+        values = np.asarray(x, dtype=np.float64)
+        st = s.stats[name]
+        assert st.count == len(values)
+        np.testing.assert_allclose(st.mean, values.mean(axis=0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(st.std, values.std(axis=0), rtol=1e-12, atol=1e-12)
+        assert st.mean.dtype == np.float64 and st.std.dtype == np.float64
+    # One file through combined_stats is the file's own statistics.
+    (one,) = open_stores(str(built_store))
+    c = combined_stats([one], "mfcc")
+    assert c.count == s.stats["mfcc"].count
+    np.testing.assert_allclose(c.mean, s.stats["mfcc"].mean, rtol=1e-15)
+    np.testing.assert_allclose(c.std, s.stats["mfcc"].std, rtol=1e-15)
+
+
+def test_moments_combine_exactly() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(1000, 4))
+    parts = [x[:1], x[1:400], x[400:400], x[400:]]
+    total = Moments(0, np.zeros(4), np.zeros(4))
+    for p in parts:
+        total = total + Moments.of(p)
+    assert total.count == 1000
+    np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(total.std, x.std(axis=0), rtol=1e-13)
+
+
+def test_plain_h5py_schema(built_store: Path, corpus: Corpus) -> None:
+    """The documented layout, read without featurestore."""
+    with h5py.File(built_store, "r") as f:
+        assert int(f.attrs["schema_version"]) == SCHEMA_VERSION
+        assert int(f.attrs["sample_rate"]) == SR and int(f.attrs["hop"]) == HOP
+        assert f.attrs["source"] == str(corpus.csv)
+        assert "created" in f.attrs
+        versions = json.loads(f.attrs["versions"])
+        assert {"librosa", "numpy", "h5py", "soundfile", "soxr"} <= set(versions)
+        assert sorted(f) == ["clips", "errors", "targets", "waveform"]
+        assert sorted(f["clips"]) == sorted(
+            ["id", "path", "label", "split", "group", "sha1", "meta", "n_samples", "n_frames",
+             "sample_offset", "frame_offset"])
+        n = len(corpus.rows)
+        for col in f["clips"].values():
+            assert col.shape == (n,)
+        assert f["clips"]["n_samples"].dtype == np.int64
+        ids = f["clips"]["id"].asstr()[...].tolist()
+        assert ids == [r["id"] for r in corpus.rows]
+        sha1 = f["clips"]["sha1"].asstr()[...]
+        assert all(len(h) == 40 for h in sha1)
+        total = int(f["clips"]["n_samples"][...].sum())
+        frames = int(f["clips"]["n_frames"][...].sum())
+        w = f["waveform"]
+        assert w.shape == (total,) and w.dtype == np.int16
+        assert w.chunks is None and w.compression is None
+        assert w.id.get_offset() is not None
+        for name in TARGET_NAMES:
+            d = f["targets"][name]
+            spec = json.loads(d.attrs["spec"])
+            assert spec["name"] == name
+            rows = n if spec["rate"] == "clip" else frames
+            assert d.shape == (rows, spec["dim"]) and d.dtype == np.float16
+            assert d.chunks is None and d.compression is None
+            assert d.attrs["mean"].shape == (spec["dim"],)
+            assert d.attrs["std"].dtype == np.float64
+            assert int(d.attrs["count"]) == rows
+        assert f["errors"]["path"].shape == (0,) and f["errors"]["reason"].shape == (0,)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+@pytest.fixture
+def store_copy(built_store: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy.h5"
+    shutil.copyfile(built_store, out)
+    return out
+
+
+def test_verify_sound_store(built_store: Path) -> None:
+    assert verify(built_store) == []
+    result = CliRunner().invoke(main, ["verify", str(built_store)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{built_store}: ok"
+
+
+def _cli_verify_fails(path: Path, needle: str) -> None:
+    result = CliRunner().invoke(main, ["verify", str(path)])
+    assert result.exit_code == 1
+    assert needle in result.output
+    assert "Traceback" not in result.output
+
+
+def test_verify_detects_nan_in_a_target(store_copy: Path) -> None:
+    with h5py.File(store_copy, "r+") as f:
+        f["targets"]["chroma"][5, 3] = np.nan
+    problems = verify(store_copy)
+    assert "target chroma: contains NaN or Inf" in problems
+    assert "target chroma: stored statistics differ from the values" in problems
+    assert all("mfcc" not in p for p in problems)
+    _cli_verify_fails(store_copy, "contains NaN or Inf")
+
+
+def test_verify_detects_a_changed_value(store_copy: Path) -> None:
+    with h5py.File(store_copy, "r+") as f:
+        f["targets"]["mfcc"][10, 0] = f["targets"]["mfcc"][10, 0] + 500
+    assert verify(store_copy) == ["target mfcc: stored statistics differ from the values"]
+
+
+def test_verify_detects_a_wrong_offset(store_copy: Path) -> None:
+    with h5py.File(store_copy, "r+") as f:
+        f["clips"]["sample_offset"][3] += 1
+    assert verify(store_copy) == ["sample_offset is not the running sum of n_samples"]
+    _cli_verify_fails(store_copy, "sample_offset is not the running sum")
+
+
+def test_verify_detects_frame_count_and_sizes(store_copy: Path) -> None:
+    with h5py.File(store_copy, "r+") as f:
+        f["clips"]["n_frames"][0] -= 1
+    problems = verify(store_copy)
+    assert "n_frames differs from n_samples // hop" in problems
+    assert "frame_offset is not the running sum of n_frames" in problems
+    assert any(p.startswith("target mfcc: shape") for p in problems)
+
+
+def test_verify_detects_duplicate_ids_and_bad_split(store_copy: Path) -> None:
+    with h5py.File(store_copy, "r+") as f:
+        ids = f["clips"]["id"].asstr()[...]
+        f["clips"]["id"][1] = ids[0]
+        f["clips"]["split"][0] = "dev"
+    problems = verify(store_copy)
+    assert problems == ["clip ids are not unique", "unknown split values ['dev']"]
+
+
+def test_verify_and_open_reject_other_schema_versions(store_copy: Path) -> None:
+    with h5py.File(store_copy, "r+") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(FeatureStoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        open_store(store_copy)
+    (problem,) = verify(store_copy)
+    assert "schema version" in problem
+
+
+@pytest.mark.parametrize("damage", ["no_waveform", "no_spec", "not_hdf5", "missing"])
+def test_open_store_damaged_files(store_copy: Path, damage: str) -> None:
+    if damage == "no_waveform":
+        with h5py.File(store_copy, "r+") as f:
+            del f["waveform"]
+        match = "damaged store"
+    elif damage == "no_spec":
+        with h5py.File(store_copy, "r+") as f:
+            del f["targets"]["onset"].attrs["spec"]
+        match = "damaged store"
+    elif damage == "not_hdf5":
+        store_copy.write_bytes(b"not a store")
+        match = "not an HDF5 store"
+    else:
+        store_copy.unlink()
+        match = "no such store"
+    with pytest.raises(FeatureStoreError, match=match):
+        open_store(store_copy)
+    assert len(verify(store_copy)) == 1
+    _cli_verify_fails(store_copy, match)
+
+
+def test_open_stores_checks_agreement(built_store: Path, store_copy: Path) -> None:
+    assert [s.path for s in open_stores([built_store, store_copy])] == [built_store, store_copy]
+    with h5py.File(store_copy, "r+") as f:
+        spec = json.loads(f["targets"]["mfcc"].attrs["spec"])
+        spec["params"]["n_mfcc"] = 13
+        f["targets"]["mfcc"].attrs["spec"] = json.dumps(spec)
+    with pytest.raises(FeatureStoreError, match="'mfcc' declared differently"):
+        open_stores([built_store, store_copy])
+    with pytest.raises(FeatureStoreError, match="no store matches"):
+        open_stores(str(store_copy.parent / "nothing-*.h5"))

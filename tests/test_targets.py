@@ -1,0 +1,467 @@
+"""The target registry, specified on precisely constructed signals.
+
+Every assertion states what a target must report for a signal whose answer is known in
+advance: a pure tone has one pitch and one pitch class, a click train at 120 BPM has its
+onsets every 50 frames, silence has no voiced frame. The grid is the store's (16 kHz, hop
+160, 100 frames/s): a clip of ``n`` samples has ``n // 160`` frames and frame ``t`` is
+centred on sample ``160 * t``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import librosa
+import numpy as np
+import pytest
+
+from featurestore.errors import FeatureStoreError
+from featurestore.targets import (
+    REGISTRY,
+    Frames,
+    Target,
+    TargetSpec,
+    deltas,
+    fit_frames,
+    register,
+    resolve,
+)
+from featurestore.targets.spectral import erb_space, gammatone_weights
+
+SR = 16000
+HOP = 160
+MARGIN = 10
+"""Frames within 100 ms of either end are 'edge' frames: their windows (up to 2048 samples,
+6.4 frames either side of the centre) run past the clip, so tone tests look at the rest."""
+
+DEFAULT_SET = [
+    "lps", "fbank", "mfcc", "contrast", "cqt", "prosody", "chroma", "onset", "tempogram",
+]
+"""DESIGN.md's default set, in registry order (spectral, pitch, tonal, rhythm)."""
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def tone(*freqs: float, seconds: float = 2.0, amps: list[float] | None = None) -> np.ndarray:
+    """A sum of sines (each 0.5 / number of partials unless ``amps`` is given), float32."""
+    t = np.arange(round(seconds * SR)) / SR
+    amps = amps if amps is not None else [0.5 / len(freqs)] * len(freqs)
+    y = sum(a * np.sin(2 * np.pi * f * t) for f, a in zip(freqs, amps, strict=True))
+    return np.asarray(y, dtype=np.float32)
+
+
+def harmonic_tone(f0: float, seconds: float = 2.0, n_partials: int = 8) -> np.ndarray:
+    """Partials k * f0 with amplitude 0.4 / k (a sawtooth-like complex tone)."""
+    ks = range(1, n_partials + 1)
+    return tone(*[k * f0 for k in ks], seconds=seconds, amps=[0.4 / k for k in ks])
+
+
+def clicks(n_samples: int, positions: list[int] | np.ndarray) -> np.ndarray:
+    """Silence with unit impulses at the given sample positions."""
+    y = np.zeros(n_samples, dtype=np.float32)
+    y[np.asarray(positions)] = 1.0
+    return y
+
+
+def compute(name: str, y_or_frames: np.ndarray | Frames) -> np.ndarray:
+    """The registered target ``name`` on a clip, as the store would hold it."""
+    frames = y_or_frames if isinstance(y_or_frames, Frames) else Frames(y_or_frames, SR, HOP)
+    return REGISTRY[name]()(frames)
+
+
+def interior(x: np.ndarray) -> np.ndarray:
+    return x[MARGIN:-MARGIN]
+
+
+def f0_hz(target: np.ndarray) -> np.ndarray:
+    """Column 0 of a pitch target is the natural log of F0."""
+    return np.exp(target[:, 0].astype(np.float64))
+
+
+def midi_bin_from_c1(freq: float) -> int:
+    """The CQT bin (12 per octave, bin 0 = C1 = 32.703 Hz) holding ``freq``."""
+    return round(12 * np.log2(freq / 32.703195662574764))
+
+
+@pytest.fixture(scope="module")
+def a440() -> Frames:
+    """3 s of a 440 Hz sine at amplitude 0.5; shared so the targets share one STFT."""
+    return Frames(tone(440.0, seconds=3.0), SR, HOP)
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_declaration_round_trips_through_json(name: str) -> None:
+    cls = REGISTRY[name]
+    spec = cls.spec()
+    json.dumps(spec["params"])  # parameters are plain JSON data
+    assert TargetSpec.from_json(cls.spec_json()) == TargetSpec(**spec)
+    assert TargetSpec.from_json(cls.spec_json()).params == cls.params
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_declaration_is_well_formed(name: str) -> None:
+    cls = REGISTRY[name]
+    assert cls.name == name
+    assert cls.rate in ("frame", "clip", "sample")
+    assert cls.loss in ("l1", "mse")
+    assert cls.deltas in (0, 1, 2)
+    assert cls.dim >= 1 and cls.dim % (1 + cls.deltas) == 0
+    assert cls.description
+    if cls.rate != "frame":
+        assert cls.deltas == 0
+
+
+def test_names_are_unique_and_a_second_declaration_is_refused() -> None:
+    names = [cls.name for cls in REGISTRY.values()]
+    assert len(names) == len(set(names))
+
+    class Duplicate(Target):
+        name = "mfcc"
+        dim = 1
+        library = "numpy"
+
+    with pytest.raises(ValueError, match="mfcc"):
+        register(Duplicate)
+    assert REGISTRY["mfcc"] is not Duplicate
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_resolve_default_is_the_default_set_in_registry_order() -> None:
+    assert [t.name for t in resolve("default")] == DEFAULT_SET
+    assert [t.name for t in resolve("default")] == [
+        n for n, cls in REGISTRY.items() if cls.default and n != "waveform"
+    ]
+
+
+def test_resolve_all_is_every_target_but_the_waveform() -> None:
+    assert [t.name for t in resolve("all")] == [n for n in REGISTRY if n != "waveform"]
+
+
+def test_resolve_names_gives_exactly_those_in_registry_order_once() -> None:
+    assert [t.name for t in resolve("mfcc,chroma")] == ["mfcc", "chroma"]
+    assert [t.name for t in resolve(" chroma , mfcc,mfcc")] == ["mfcc", "chroma"]
+    assert [t.name for t in resolve(["tempo", "lps"])] == ["lps", "tempo"]
+    assert [t.name for t in resolve("default,tempo")] == [*DEFAULT_SET, "tempo"]
+    assert all(isinstance(t, REGISTRY[t.name]) for t in resolve("all"))
+
+
+def test_resolve_unknown_name_names_it_and_lists_the_known_targets() -> None:
+    with pytest.raises(FeatureStoreError) as err:
+        resolve("mfcc,no_such_target")
+    message = str(err.value)
+    assert "'no_such_target'" in message
+    for name in REGISTRY:
+        assert name in message
+
+
+# --------------------------------------------------------------------------- frame grid
+
+
+@pytest.mark.parametrize("n", [16000, 16001, 16159, 16160, 33333])
+def test_every_target_lives_on_the_frame_grid(n: int) -> None:
+    y = (0.1 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
+    frames = Frames(y, SR, HOP)
+    assert frames.n_frames == n // HOP
+    expected = {"frame": (n // HOP, None), "clip": (1, None), "sample": (n, 1)}
+    for name, cls in REGISTRY.items():
+        out = cls()(frames)
+        rows, _ = expected[cls.rate]
+        assert out.shape == (rows, cls.dim), name
+        assert out.dtype == np.float32, name
+        assert np.isfinite(out).all(), name
+    assert np.array_equal(compute("waveform", frames)[:, 0], y)
+
+
+def test_frame_t_is_centred_on_sample_t_times_hop() -> None:
+    # One click at sample 8000 = 50 * hop: every frame-rate view of it is centred on frame 50.
+    frames = Frames(clicks(2 * SR, [8000]), SR, HOP)
+    lps = compute("lps", frames)
+    energy = lps.mean(axis=1, dtype=np.float64)
+    assert int(np.argmax(energy)) == 50
+    # symmetric about frame 50: nothing is shifted by half a window
+    np.testing.assert_allclose(energy[47:50], energy[51:54][::-1], rtol=1e-4)
+    # the 1024-sample window (3.2 frames either side) sees the click on frames 47..53 only
+    floor = np.log(1e-10)
+    np.testing.assert_allclose(energy[:47], floor, rtol=1e-7)
+    np.testing.assert_allclose(energy[54:], floor, rtol=1e-7)
+    assert np.all(energy[47:54] > floor + 5)
+
+    for name in ("fbank", "gtn_long", "cqt"):
+        assert int(np.argmax(compute(name, frames).mean(axis=1))) == 50, name
+    assert int(np.argmax(compute("prosody", frames)[:, 3])) == 50  # log RMS energy
+
+    onset = compute("onset", frames)[:, 0]
+    assert abs(int(np.argmax(onset)) - 50) <= 1
+    assert onset[:49].max() == 0.0  # no onset before the click is reached
+
+
+# --------------------------------------------------------------------------- fit_frames
+
+
+def test_fit_frames_trims_the_end() -> None:
+    np.testing.assert_array_equal(fit_frames(np.arange(10), 7), np.arange(7))
+
+
+def test_fit_frames_edge_pads_the_end() -> None:
+    np.testing.assert_array_equal(fit_frames(np.arange(5), 8), [0, 1, 2, 3, 4, 4, 4, 4])
+
+
+def test_fit_frames_works_along_any_axis() -> None:
+    x = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(fit_frames(x, 5, axis=1), [[0, 1, 2, 2, 2], [3, 4, 5, 5, 5]])
+    np.testing.assert_array_equal(fit_frames(x, 2, axis=1), [[0, 1], [3, 4]])
+    np.testing.assert_array_equal(fit_frames(x, 3, axis=0), [[0, 1, 2], [3, 4, 5], [3, 4, 5]])
+
+
+def test_fit_frames_keeps_an_exact_fit_and_fills_an_empty_input_with_zeros() -> None:
+    x = np.arange(4.0)
+    np.testing.assert_array_equal(fit_frames(x, 4), x)
+    out = fit_frames(np.zeros((3, 0), dtype=np.float32), 4, axis=1)
+    assert out.shape == (3, 4) and out.dtype == np.float32 and not out.any()
+
+
+# --------------------------------------------------------------------------- deltas
+
+
+def test_first_delta_of_a_linear_ramp_is_one() -> None:
+    t = np.arange(40, dtype=np.float32)
+    x = np.stack([t, -2.0 * t + 3.0], axis=1)  # slopes 1 and -2
+    out = deltas(x, 1)
+    assert out.shape == (40, 4)
+    np.testing.assert_array_equal(out[:, :2], x)
+    np.testing.assert_allclose(out[4:-4, 2], 1.0, atol=1e-5)
+    np.testing.assert_allclose(out[4:-4, 3], -2.0, atol=1e-5)
+
+
+def test_second_delta_of_a_parabola_is_one() -> None:
+    t = np.arange(40, dtype=np.float64)
+    out = deltas((0.5 * t**2)[:, None], 2)
+    assert out.shape == (40, 3)
+    np.testing.assert_allclose(out[4:-4, 1], t[4:-4], atol=1e-6)  # d/dt t^2/2 = t
+    np.testing.assert_allclose(out[4:-4, 2], 1.0, atol=1e-6)
+
+
+def test_deltas_of_order_zero_and_of_too_short_inputs() -> None:
+    x = np.ones((5, 3), dtype=np.float32)
+    assert deltas(x, 0) is x
+    out = deltas(np.arange(2.0)[:, None], 2)  # no 3-frame window fits: deltas are 0
+    np.testing.assert_array_equal(out, [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(deltas(np.arange(5.0)[:, None], 1)[:, 1], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n, cls in REGISTRY.items() if cls.deltas])
+def test_delta_columns_are_time_differences_of_the_base_columns(name: str) -> None:
+    # A rising chirp with a swelling amplitude, so that every column moves.
+    t = np.arange(2 * SR) / SR
+    y = ((0.05 + 0.2 * t) * np.sin(2 * np.pi * (200.0 * t + 100.0 * t**2))).astype(np.float32)
+    cls = REGISTRY[name]
+    out = compute(name, y)
+    base = cls.dim // (1 + cls.deltas)
+    np.testing.assert_allclose(out, deltas(out[:, :base], cls.deltas), rtol=1e-5, atol=1e-4)
+    assert np.abs(out[:, base : 2 * base]).max() > 0
+
+
+def test_mfcc_and_prosody_declare_base_columns_then_two_orders_of_deltas() -> None:
+    assert (REGISTRY["mfcc"].dim, REGISTRY["mfcc"].deltas) == (60, 2)
+    assert (REGISTRY["prosody"].dim, REGISTRY["prosody"].deltas) == (12, 2)
+
+
+# --------------------------------------------------------------------------- shared work
+
+
+def test_one_stft_serves_every_target_with_the_same_window(monkeypatch) -> None:
+    calls: list[int] = []
+    real_stft = librosa.stft
+
+    def counting_stft(*args, **kwargs):
+        calls.append(kwargs.get("n_fft"))
+        return real_stft(*args, **kwargs)
+
+    monkeypatch.setattr(librosa, "stft", counting_stft)
+    frames = Frames(tone(440.0, seconds=1.0), SR, HOP)
+    compute("lps", frames)
+    compute("fbank", frames)
+    assert calls == [1024]
+    for name in ("mfcc", "contrast", "prosody", "chroma", "tonnetz", "hpcp", "onset",
+                 "tempogram", "tempo"):
+        compute(name, frames)
+    assert calls == [1024]
+    assert [k for k in frames._memo if k[0] == "stft"] == [("stft", 1024, None)]
+
+
+# --------------------------------------------------------------------------- a 440 Hz tone
+
+
+def test_prosody_f0_of_a_440_hz_tone(a440: Frames) -> None:
+    out = compute("prosody", a440)
+    np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.01)
+    assert np.all(out[:, 1] == 1.0)  # voiced everywhere, the edges included
+
+
+def test_chroma_of_a_440_hz_tone_peaks_at_a(a440: Frames) -> None:
+    out = interior(compute("chroma", a440))
+    assert np.all(out.argmax(axis=1) == 9)  # bin 0 is C, bin 9 is A
+    np.testing.assert_allclose(out[:, 9], 1.0)  # max-normalised per frame
+
+
+def test_hpcp_of_a_440_hz_tone_is_a_alone(a440: Frames) -> None:
+    # essentia's bin 0 is its reference, 440 Hz (A); the target rolls it to bin 9.
+    out = interior(compute("hpcp", a440))
+    assert np.all(out.argmax(axis=1) == 9)
+    np.testing.assert_allclose(out[:, 9], 1.0)
+    assert np.delete(out, 9, axis=1).max() < 0.05
+
+
+def test_cqt_of_a_440_hz_tone_peaks_at_a4(a440: Frames) -> None:
+    assert midi_bin_from_c1(440.0) == 45
+    out = interior(compute("cqt", a440))
+    assert np.all(out.argmax(axis=1) == 45)
+
+
+def test_pyin_f0_of_a_440_hz_tone() -> None:
+    out = compute("pyin", tone(440.0, seconds=1.0))  # pYIN is slow: one second
+    np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.01)
+    assert np.all(interior(out[:, 1]) > 0.5)  # voicing probability
+
+
+def test_melody_f0_of_a_440_hz_tone(a440: Frames) -> None:
+    # Melodia tracks a pure tone (checked: it does), so no harmonic complex is needed.
+    out = compute("melody", a440)
+    np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.02)
+    assert np.all(interior(out[:, 1]) == 1.0)
+
+
+# --------------------------------------------------------------------------- other tones
+
+
+@pytest.mark.parametrize(
+    ("freq", "pitch_class"),
+    [(220.0, 9), (261.6256, 0), (329.6276, 4), (391.9954, 7)],
+    ids=["A3", "C4", "E4", "G4"],
+)
+def test_single_tones_pitch_class_cqt_bin_and_f0(freq: float, pitch_class: int) -> None:
+    frames = Frames(tone(freq), SR, HOP)
+    np.testing.assert_allclose(interior(f0_hz(compute("prosody", frames))), freq, rtol=0.01)
+    assert np.all(interior(compute("chroma", frames)).argmax(axis=1) == pitch_class)
+    assert np.all(interior(compute("hpcp", frames)).argmax(axis=1) == pitch_class)
+    assert np.all(interior(compute("cqt", frames)).argmax(axis=1) == midi_bin_from_c1(freq))
+
+
+def test_c_major_triad_has_c_e_g_as_its_three_strongest_pitch_classes() -> None:
+    frames = Frames(tone(261.6256, 329.6276, 391.9954), SR, HOP)
+    for name in ("chroma", "hpcp"):
+        top3 = np.sort(np.argsort(interior(compute(name, frames)), axis=1)[:, -3:], axis=1)
+        assert np.all(top3 == [0, 4, 7]), name
+
+
+def test_harmonic_tone_at_110_hz_has_f0_110_hz() -> None:
+    frames = Frames(harmonic_tone(110.0), SR, HOP)
+    np.testing.assert_allclose(interior(f0_hz(compute("prosody", frames))), 110.0, rtol=0.01)
+    np.testing.assert_allclose(interior(f0_hz(compute("melody", frames))), 110.0, rtol=0.02)
+    pyin = compute("pyin", harmonic_tone(110.0, seconds=1.0))
+    np.testing.assert_allclose(interior(f0_hz(pyin)), 110.0, rtol=0.01)
+    # the strongest pitch classes are A (110, 220, 440, 880 Hz), then E (330, 660 Hz)
+    hpcp = interior(compute("hpcp", frames))
+    assert np.all(np.argsort(hpcp, axis=1)[:, -2:] == [4, 9])
+
+
+# --------------------------------------------------------------------------- silence
+
+
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.zeros(2 * SR, dtype=np.float32),
+        (1e-4 * np.random.default_rng(0).standard_normal(2 * SR)).astype(np.float32),
+    ],
+    ids=["zeros", "noise-80dBFS"],
+)
+def test_silence_and_quiet_noise_are_finite_and_unvoiced(y: np.ndarray) -> None:
+    frames = Frames(y, SR, HOP)
+    for name, cls in REGISTRY.items():
+        out = cls()(frames)
+        assert np.isfinite(out).all(), name
+    prosody = compute("prosody", frames)
+    assert np.all(prosody[:, 1] == 0.0)  # no voiced frame
+    assert np.all(prosody[:, 0] == 0.0)  # so no log-F0 either
+
+
+def test_digital_silence_sits_at_the_declared_floors() -> None:
+    frames = Frames(np.zeros(SR, dtype=np.float32), SR, HOP)
+    np.testing.assert_allclose(compute("lps", frames), np.log(1e-10))
+    np.testing.assert_allclose(compute("fbank", frames), np.log(1e-10))
+    np.testing.assert_allclose(compute("prosody", frames)[:, 3], np.log(1e-5), rtol=1e-6)
+    assert not compute("onset", frames).any()
+    assert not compute("chroma", frames).any()
+
+
+# --------------------------------------------------------------------------- rhythm
+
+
+@pytest.fixture(scope="module")
+def click_train() -> tuple[Frames, np.ndarray]:
+    """8 s of impulses every 0.5 s (120 BPM), the first at 0.5 s."""
+    positions = np.arange(SR // 2, 8 * SR, SR // 2)
+    return Frames(clicks(8 * SR, positions), SR, HOP), positions // HOP
+
+
+def test_onset_strength_peaks_on_the_clicks_and_is_zero_between(click_train) -> None:
+    frames, click_frames = click_train
+    onset = compute("onset", frames)[:, 0]
+    peak = onset.max()
+    assert peak > 0
+    for c in click_frames:
+        local = onset[c - 10 : c + 11]
+        assert abs(int(np.argmax(local)) - 10) <= 1, c
+        assert local.max() > 0.9 * peak
+    for a, b in itertools.pairwise(click_frames):
+        assert onset[a + 5 : b - 5].max() <= 1e-3 * peak, (a, b)
+
+
+def test_tempogram_peaks_at_a_lag_of_50_frames(click_train) -> None:
+    frames, _ = click_train
+    tempogram = compute("tempogram", frames)
+    inner = tempogram[100:-100, 1:]  # lag 0 (always 1) left out; 96-frame half windows
+    assert int(np.argmax(inner.mean(axis=0))) + 1 == 50  # 0.5 s = 120 BPM
+    assert np.all(inner.argmax(axis=1) + 1 == 50)
+
+
+def test_tempo_of_a_120_bpm_click_train(click_train) -> None:
+    frames, _ = click_train
+    out = compute("tempo", frames)
+    assert out.shape == (1, 1)
+    assert out[0, 0] == pytest.approx(120.0, rel=0.02)
+
+
+# --------------------------------------------------------------------------- gammatone
+
+
+def test_gammatone_rows_peak_at_erb_spaced_centres() -> None:
+    n_fft, n_bands, fmin = 2048, 40, 100.0
+    weights = gammatone_weights(SR, n_fft, n_bands, fmin)
+    assert weights.shape == (n_bands, 1 + n_fft // 2)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
+
+    centres = erb_space(fmin, 0.9 * SR / 2, n_bands)
+    erb_rate = 21.4 * np.log10(1.0 + 0.00437 * centres)  # Glasberg & Moore ERB-rate
+    np.testing.assert_allclose(np.diff(erb_rate), np.diff(erb_rate)[0], rtol=1e-9)
+    np.testing.assert_allclose(centres[[0, -1]], [fmin, 0.9 * SR / 2])
+
+    bin_hz = SR / n_fft
+    peaks_hz = weights.argmax(axis=1) * bin_hz
+    assert np.all(np.abs(peaks_hz - centres) <= bin_hz)
+
+
+def test_gtn_long_hears_a_1_khz_tone_in_the_nearest_band() -> None:
+    p = REGISTRY["gtn_long"].params
+    centres = erb_space(p["fmin"], 0.9 * SR / 2, p["n_bands"])
+    nearest = int(np.argmin(np.abs(centres - 1000.0)))
+    out = interior(compute("gtn_long", tone(1000.0)))
+    assert np.all(out.argmax(axis=1) == nearest)

@@ -1,0 +1,131 @@
+"""Run configuration: one dataclass, filled from defaults, then a TOML or YAML file, then
+the command line; the resolved config is saved in the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pre-training run needs; saved as ``config.json`` in the run folder.
+
+    Parameters
+    ----------
+    store : list of str
+        Training store file(s) (paths or glob patterns); several files open as one set.
+    valid_store : list of str
+        Held-out store file(s) for per-worker validation losses (optional).
+    out : str
+        Run folder (checkpoints, logs, the final ``encoder.pt``).
+    encoder : str
+        ``pase+``, ``samplecnn`` or ``melcnn``; ``encoder_kwargs`` are passed to it.
+    workers : list of str
+        Target names of the store, ``waveform``, ``lim``, ``gim``, or ``default``
+        (the store's default targets plus LIM and GIM) / ``all``.
+    weighting : str
+        ``equal``, ``fixed``, ``uncertainty``, ``dwa`` or ``gradnorm``;
+        ``weighting_kwargs`` are passed to it (``weights`` for fixed, ``period`` and
+        ``temperature`` for DWA, ``alpha`` for GradNorm); learned task weights
+        (uncertainty, GradNorm) train at ``weighting_lr``.
+    crop_seconds, batch_size, steps : float, int, int
+        Crop length, global batch (split over DDP ranks) and number of optimiser steps.
+    lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip : float, float, int, float, float
+        AdamW with linear warm-up then cosine decay to ``lr * min_lr_ratio``; gradient
+        norm clipping.
+    distort : bool
+        The denoising objective: the encoder sees corrupted crops (``distortions`` holds
+        overrides of :class:`trainer.distortions.DistortionConfig`).
+    device : str
+        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    compile : bool
+        ``torch.compile`` the encoder.
+    cache : str
+        ``none`` (memory maps), ``ram`` or ``device`` (hold the store on the GPU).
+    seed : int
+        Every random draw is a function of (seed, step, rank).
+    log_every, eval_every, save_every, valid_batches, prefetch, max_nan_steps : int
+        Logging period, validation period and size, checkpoint period, batches kept
+        ready, and how many consecutive non-finite steps stop the run.
+    """
+
+    store: list[str] = field(default_factory=list)
+    valid_store: list[str] = field(default_factory=list)
+    out: str = "runs/pretrain"
+    encoder: str = "pase+"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    workers: list[str] = field(default_factory=lambda: ["default"])
+    weighting: str = "equal"
+    weighting_kwargs: dict[str, Any] = field(default_factory=dict)
+    weighting_lr: float = 1e-2
+    crop_seconds: float = 2.0
+    batch_size: int = 128
+    steps: int = 100_000
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0
+    distort: bool = True
+    distortions: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    compile: bool = False
+    cache: str = "none"
+    seed: int = 0
+    head_hidden: int = 256
+    log_every: int = 10
+    eval_every: int = 500
+    save_every: int = 1000
+    valid_batches: int = 8
+    prefetch: int = 4
+    max_nan_steps: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> PretrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file; a ``[pretrain]``
+    table is used when present, otherwise the top level."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such config file")
+    if path.suffix == ".toml":
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
+        data = yaml.safe_load(path.read_text()) or {}
+    elif path.suffix == ".json":
+        data = json.loads(path.read_text())
+    else:
+        raise ValueError(f"{path}: config files are .toml, .yaml or .json")
+    return dict(data.get("pretrain", data))
+
+
+def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> PretrainConfig:
+    """Defaults, then ``file``, then the non-None ``overrides`` (the command line)."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        data.update(read_config_file(file))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("store", "valid_store", "workers"):
+        if isinstance(data.get(key), str):
+            data[key] = [x.strip() for x in data[key].split(",") if x.strip()]
+    return PretrainConfig.from_dict(data, str(file) if file else "command line")

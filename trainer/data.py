@@ -1,0 +1,301 @@
+"""The data path: random aligned crops from memory-mapped feature stores.
+
+One crop of ``T`` frames starting at frame ``f`` of a clip pairs with the samples
+``[f * hop, (f + T) * hop)`` and with rows ``f .. f + T - 1`` of every frame-rate target
+(DESIGN.md, "Frame grid"). A batch is gathered with one fancy index per array per store
+file, from numpy memory maps (or from RAM or device copies), with no per-crop Python.
+
+Randomness is a pure function of ``(seed, step, rank)``: batch ``k`` is the same whether
+it is drawn in a straight run or after a resume, and a prefetch thread may run ahead.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from featurestore.errors import FeatureStoreError
+from featurestore.store import Store, combined_stats, open_stores
+from featurestore.targets.base import TargetSpec
+
+
+class DataError(FeatureStoreError):
+    """A data set that cannot serve the requested run (missing target, crop too long)."""
+
+
+@dataclass
+class Batch:
+    """One batch on its device.
+
+    Attributes
+    ----------
+    wave : Tensor, shape (B, T * hop), float32
+        Clean waveform crops in [-1, 1].
+    targets : dict of str to Tensor
+        Normalised targets: (B, T, dim) for frame-rate targets, (B, dim) for clip rate.
+    clip : Tensor, shape (B,), int64
+        Global clip index of each crop (crops ``2i`` and ``2i + 1`` share a clip when the
+        data set draws pairs).
+    """
+
+    wave: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    clip: torch.Tensor
+
+
+class CropDataset:
+    """Several store files opened as one data set of aligned random crops.
+
+    Parameters
+    ----------
+    paths : sequence of path-like, or a glob pattern
+        Store files of one corpus (``stores/fma-*.h5`` or a list).
+    targets : sequence of str
+        Target names to serve; each must be in every store (frame or clip rate).
+    crop_frames : int
+        Frames per crop (``T``); every clip must have at least this many.
+    splits : sequence of str, optional
+        Keep only clips of these splits (``""`` is the unsplit remainder).
+    cache : {"none", "ram", "device"}
+        ``none`` reads the memory maps (page cache); ``ram`` copies the arrays into process
+        memory; ``device`` holds them on ``device`` and crops there.
+    device : torch.device
+        Where batches are delivered.
+    pairs : bool
+        Draw crops in pairs from the same clip (the contrastive workers' positives).
+    normalise_like : CropDataset, optional
+        Use this data set's normalisation statistics (validation data normalised like
+        the training data) instead of this one's own.
+    """
+
+    def __init__(
+        self,
+        paths: Any,
+        targets: Sequence[str],
+        crop_frames: int,
+        *,
+        splits: Sequence[str] | None = None,
+        cache: str = "none",
+        device: torch.device | str = "cpu",
+        pairs: bool = False,
+        normalise_like: CropDataset | None = None,
+    ) -> None:
+        self.stores: list[Store] = open_stores(paths)
+        first = self.stores[0]
+        self.sample_rate, self.hop = first.sample_rate, first.hop
+        self.crop_frames = int(crop_frames)
+        self.device = torch.device(device)
+        self.pairs = pairs
+        self.target_names = list(targets)
+        if cache not in ("none", "ram", "device"):
+            raise ValueError(f"cache must be none, ram or device, got {cache!r}")
+        for s in self.stores:
+            missing = [n for n in self.target_names if n not in s.targets]
+            if missing:
+                raise DataError(
+                    f"{s.path}: has no target {', '.join(missing)}; it has "
+                    f"{', '.join(s.targets) or 'none'} (add them with 'featurestore build "
+                    f"SOURCE -o {s.path} --targets ...')"
+                )
+        self.specs: dict[str, TargetSpec] = {n: first.specs[n] for n in self.target_names}
+        if normalise_like is not None:
+            self.mean, self.std = normalise_like.mean, normalise_like.std
+        else:
+            stats = {n: combined_stats(self.stores, n) for n in self.target_names}
+            # Constant dimensions (std 0) are centred but not scaled.
+            self.mean = {n: torch.tensor(st.mean, dtype=torch.float32) for n, st in stats.items()}
+            self.std = {
+                n: torch.tensor(np.where(st.std > 1e-6, st.std, 1.0), dtype=torch.float32)
+                for n, st in stats.items()
+            }
+        self._select_clips(splits)
+        self._arrays = [self._hold(s, cache) for s in self.stores]
+        self._norm = {n: (self.mean[n].to(self.device), self.std[n].to(self.device))
+                      for n in self.target_names}
+
+    # ------------------------------------------------------------------ clip selection
+    def _select_clips(self, splits: Sequence[str] | None) -> None:
+        store_of, local, n_frames = [], [], []
+        for k, s in enumerate(self.stores):
+            keep = np.ones(s.n_clips, dtype=bool)
+            if splits is not None:
+                keep &= np.isin(s.clips["split"].astype(str), list(splits))
+            idx = np.flatnonzero(keep)
+            store_of.append(np.full(len(idx), k))
+            local.append(idx)
+            n_frames.append(s.clips["n_frames"][idx])
+        self.clip_store = np.concatenate(store_of)
+        self.clip_local = np.concatenate(local)
+        self.clip_frames = np.concatenate(n_frames).astype(np.int64)
+        if len(self.clip_local) == 0:
+            where = f" in split(s) {list(splits)}" if splits is not None else ""
+            raise DataError(f"{self.stores[0].path}: no clips{where}")
+        shortest = int(np.argmin(self.clip_frames))
+        if self.clip_frames[shortest] < self.crop_frames:
+            s = self.stores[self.clip_store[shortest]]
+            i = int(self.clip_local[shortest])
+            raise DataError(
+                f"{s.path}: crop of {self.crop_frames * self.hop / self.sample_rate:g} s is "
+                f"longer than clip {s.clips['id'][i]!r} "
+                f"({self.clip_frames[shortest] * self.hop / self.sample_rate:g} s); use a "
+                f"shorter crop, or rebuild the store with --min-seconds to skip short clips"
+            )
+        positions = self.clip_frames - self.crop_frames + 1
+        self._cum_positions = np.cumsum(positions)
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.clip_local)
+
+    @property
+    def crop_samples(self) -> int:
+        return self.crop_frames * self.hop
+
+    def _hold(self, s: Store, cache: str) -> dict[str, Any]:
+        arrays: dict[str, Any] = {"waveform": s.waveform}
+        arrays.update({n: s.targets[n] for n in self.target_names})
+        if cache == "ram":
+            arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        elif cache == "device":
+            arrays = {k: torch.from_numpy(np.array(v)).to(self.device)
+                      for k, v in arrays.items()}
+        return arrays
+
+    # ------------------------------------------------------------------ sampling
+    def draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Random crops, every crop position of every clip equally likely, sorted by
+        position in the data set (ascending reads help the page cache; pairs stay adjacent).
+
+        Returns
+        -------
+        clips : np.ndarray, shape (batch_size,), int64
+            Data-set clip indices (crops ``2i`` and ``2i + 1`` share a clip when ``pairs``).
+        starts : np.ndarray, shape (batch_size,), int64
+            First frame of each crop within its clip.
+        """
+        per_unit = 2 if self.pairs else 1
+        n = batch_size // per_unit
+        pos = rng.integers(0, self._cum_positions[-1], size=n)
+        units = np.searchsorted(self._cum_positions, pos, side="right").astype(np.int64)
+        span = self.clip_frames[units] - self.crop_frames + 1
+        starts = (rng.random((n, per_unit)) * span[:, None]).astype(np.int64)
+        order = np.lexsort((starts[:, 0], units))
+        return np.repeat(units[order], per_unit), starts[order].reshape(-1)
+
+    def gather(self, clips: np.ndarray, starts: np.ndarray) -> dict[str, Any]:
+        """Raw arrays of the given crops in their storage dtypes (numpy, or tensors on the
+        device with ``cache="device"``); ``clips`` must be sorted (as :meth:`draw` makes
+        them), so that each store file serves one contiguous run of the batch."""
+        T, hop = self.crop_frames, self.hop
+        on_device = isinstance(self._arrays[0]["waveform"], torch.Tensor)
+        pieces: dict[str, list[Any]] = {n: [] for n in ["waveform", *self.target_names]}
+        for k, s in enumerate(self.stores):
+            rows = self.clip_store[clips] == k
+            if not rows.any():
+                continue
+            local = self.clip_local[clips[rows]]
+            frame0 = s.clips["frame_offset"][local] + starts[rows]
+            sample0 = s.clips["sample_offset"][local] + starts[rows] * hop
+            index = {
+                "frame": frame0[:, None] + np.arange(T),
+                "sample": sample0[:, None] + np.arange(T * hop),
+                "clip": local,
+            }
+            for name, x in self._arrays[k].items():
+                rate = "sample" if name == "waveform" else self.specs[name].rate
+                idx = index[rate]
+                pieces[name].append(x[torch.from_numpy(idx).to(self.device)] if on_device
+                                    else x[idx])
+        join = torch.cat if on_device else np.concatenate
+        return {n: p[0] if len(p) == 1 else join(p) for n, p in pieces.items()}
+
+    def to_batch(self, raw: dict[str, Any], clips: np.ndarray, pin: bool) -> Batch:
+        """Move raw arrays to the device (pinned, asynchronous) and normalise there."""
+        def move(x: Any) -> torch.Tensor:
+            t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+            if pin and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(self.device, non_blocking=True)
+
+        wave = move(raw["waveform"]).float() / 32768.0
+        targets = {}
+        for name in self.target_names:
+            mean, std = self._norm[name]
+            targets[name] = (move(raw[name]).float() - mean) / std
+        return Batch(wave, targets, torch.from_numpy(clips).to(self.device))
+
+    def batch(self, seed: int, step: int, batch_size: int, rank: int = 0,
+              pin: bool = False) -> Batch:
+        """Batch number ``step`` (a pure function of ``seed, step, rank``)."""
+        rng = np.random.default_rng([seed, step, rank])
+        clips, starts = self.draw(rng, batch_size)
+        return self.to_batch(self.gather(clips, starts), clips, pin)
+
+
+class Prefetcher:
+    """Keeps ``depth`` batches ready in a background thread and measures data-wait.
+
+    numpy's fancy indexing and the memory-map reads release the GIL, so the gather overlaps
+    the training step. ``wait_seconds`` accumulates the time the training loop spent
+    blocked on data.
+    """
+
+    def __init__(self, data: CropDataset, *, seed: int, start_step: int, batch_size: int,
+                 rank: int = 0, depth: int = 4) -> None:
+        self.data, self.seed, self.batch_size, self.rank = data, seed, batch_size, rank
+        self.pin = data.device.type == "cuda"
+        self._queue: queue.Queue[tuple[int, Batch] | BaseException] = queue.Queue(depth)
+        self._next = start_step
+        self._stop = threading.Event()
+        self.wait_seconds = 0.0
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        step = self._next
+        try:
+            while not self._stop.is_set():
+                b = self.data.batch(self.seed, step, self.batch_size, self.rank, self.pin)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((step, b), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                step += 1
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer and re-raised there
+            self._queue.put(e)
+
+    def get(self, step: int) -> Batch:
+        """The batch for ``step``; blocks (and counts the wait) until it is ready."""
+        t0 = time.perf_counter()
+        item = self._queue.get()
+        self.wait_seconds += time.perf_counter() - t0
+        if isinstance(item, BaseException):
+            raise item
+        got, b = item
+        if got != step:
+            raise RuntimeError(f"prefetcher out of order: expected step {step}, got {got}")
+        return b
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+
+    def __iter__(self) -> Iterator[Batch]:  # pragma: no cover - convenience
+        step = self._next
+        while True:
+            yield self.get(step)
+            step += 1

@@ -1,0 +1,397 @@
+"""Multi-task self-supervised pre-training: one readable loop.
+
+    batch (clean crops + normalised targets) ─► distort (on the device) ─► encoder
+      ─► worker heads ─► per-worker losses ─► weighting ─► AdamW step
+
+Run as ``trainer pretrain ...`` or, on several GPUs, ``torchrun --nproc-per-node N -m
+trainer pretrain ...`` (DDP; every rank draws its own crops from ``(seed, step, rank)``).
+A checkpoint holds every state the run needs, so ``--resume`` continues exactly: the
+losses after a resume equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from featurestore.store import open_stores
+from trainer.config import PretrainConfig
+from trainer.data import CropDataset, Prefetcher
+from trainer.distortions import DistortionConfig, Distortions
+from trainer.encoders import build_encoder
+from trainer.weighting import build_weighting
+from trainer.workers import Workers, resolve_workers
+
+CHECKPOINT = "checkpoint.pt"
+ENCODER = "encoder.pt"
+ENCODER_FORMAT = "trainer-encoder/1"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (repeated non-finite losses, incompatible checkpoint)."""
+
+
+class MultiTask(nn.Module):
+    """The encoder and its worker heads: what DDP wraps and checkpoints hold."""
+
+    def __init__(self, encoder: nn.Module, workers: Workers) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.workers = workers
+
+    def forward(self, x: torch.Tensor, wave: torch.Tensor, targets: dict[str, torch.Tensor],
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return self.workers(self.encoder(x), wave, targets, generator)
+
+
+@dataclass
+class Env:
+    """Where this process runs: device, DDP rank and world size."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_env(device: str) -> Env:
+    """Pick the device and, under torchrun, join the process group (NCCL on CUDA, gloo on
+    CPU)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for, but torch sees no CUDA device")
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.startswith("cuda"):
+            device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Env(torch.device(device), rank, world)
+
+
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at ``cfg.steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def shared_parameter(encoder: nn.Module) -> torch.Tensor:
+    """The last weight matrix of the encoder: where GradNorm measures gradient norms."""
+    weights = [p for p in encoder.parameters() if p.ndim >= 2 and p.requires_grad]
+    return weights[-1]
+
+
+def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:
+    """The random stream of one step (distortions, LIM frames): a function of its key."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 997 + rank)
+    return g
+
+
+def _param_groups(model: nn.Module, weighting: nn.Module, cfg: PretrainConfig
+                  ) -> list[dict[str, Any]]:
+    """Weights decay; biases, norms and the weighting's own parameters (learned task
+    weights, at their own learning rate) do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    learned = [p for p in weighting.parameters() if p.requires_grad]
+    if learned:
+        groups.append({"params": learned, "weight_decay": 0.0, "lr": cfg.weighting_lr})
+    return groups
+
+
+class RunLog:
+    """Metrics as JSONL (every row), CSV (training rows) and TensorBoard (if installed)."""
+
+    def __init__(self, out: Path, start_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.jsonl = out / "metrics.jsonl"
+        self.csv = out / "metrics.csv"
+        self.tb: Any = None
+        if not enabled:
+            return
+        # A resumed run rewrites history from its checkpoint on.
+        for path in (self.jsonl, self.csv):
+            if path.exists():
+                lines = path.read_text().splitlines(keepends=True)
+                keep = [ln for ln in lines if _row_step(ln, path) < start_step]
+                path.write_text("".join(keep))
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
+        for group in ("loss", "weight", "valid"):
+            flat.update({f"{group}/{k}": v for k, v in row.get(group, {}).items()})
+        if row.get("kind") == "train":
+            new = not self.csv.exists() or self.csv.stat().st_size == 0
+            with open(self.csv, "a", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(flat))
+                if new:
+                    w.writeheader()
+                w.writerow(flat)
+        if self.tb is not None:
+            for k, v in flat.items():
+                if isinstance(v, (int, float)) and k not in ("step", "kind"):
+                    self.tb.add_scalar(f"{row.get('kind')}/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _row_step(line: str, path: Path) -> int:
+    if path.suffix == ".jsonl":
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            return -1
+    head = line.split(",", 1)[0]
+    return int(head) if head.isdigit() else -1  # the CSV header is kept
+
+
+def save_encoder(path: Path, encoder: nn.Module, name: str, cfg: PretrainConfig | None,
+                 step: int, sample_rate: int) -> None:
+    """Write a self-describing encoder file that :func:`trainer.load_encoder` reads."""
+    payload = {
+        "format": ENCODER_FORMAT, "encoder": name, "kwargs": encoder.config(),
+        "state_dict": encoder.state_dict(), "hop": encoder.hop, "dim": encoder.dim,
+        "sample_rate": sample_rate, "step": step,
+        "pretrain": cfg.to_dict() if cfg is not None else None,
+    }
+    _atomic_save(payload, path)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _mean_over_ranks(losses: dict[str, torch.Tensor], env: Env) -> dict[str, float]:
+    """Detached loss values, averaged over DDP ranks (so DWA sees the same on every rank)."""
+    stacked = torch.stack([v.detach() for v in losses.values()])
+    if env.world > 1:
+        dist.all_reduce(stacked)
+        stacked /= env.world
+    return dict(zip(losses, stacked.tolist(), strict=True))
+
+
+def _unwrap(model: nn.Module) -> MultiTask:
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train an encoder by its workers; returns the run folder.
+
+    The folder holds ``config.json``, ``checkpoint.pt`` (exact resume), ``metrics.jsonl``,
+    ``metrics.csv``, ``tensorboard/`` and, at the end, ``encoder.pt``.
+    """
+    env = setup_env(cfg.device)
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT
+    if not resume and ckpt_path.exists():
+        raise TrainingError(f"{out}: holds a run already; use --resume to continue it, or "
+                            "another --out")
+    if not cfg.store:
+        raise TrainingError("no training store given (--store)")
+    if cfg.batch_size % env.world:
+        raise TrainingError(f"batch size {cfg.batch_size} does not split over {env.world} "
+                            "ranks")
+    torch.manual_seed(cfg.seed)
+    first = open_stores(cfg.store[0] if len(cfg.store) == 1 else cfg.store)[0]
+    specs = first.specs
+    names = resolve_workers(cfg.workers, specs)
+    encoder = build_encoder(cfg.encoder, **cfg.encoder_kwargs)
+    workers = Workers(names, specs, encoder.dim, encoder.hop, cfg.head_hidden)
+    hop_seconds = encoder.hop / first.sample_rate
+    per_rank = cfg.batch_size // env.world
+    if workers.needs_pairs and (per_rank < 4 or per_rank % 2):
+        raise TrainingError(f"LIM/GIM need an even batch of at least 4 per rank, got {per_rank}")
+    data = CropDataset(
+        cfg.store if len(cfg.store) > 1 else cfg.store[0], workers.targets,
+        crop_frames=round(cfg.crop_seconds / hop_seconds), cache=cfg.cache,
+        device=env.device, pairs=workers.needs_pairs,
+    )
+    if data.hop != encoder.hop:
+        raise TrainingError(f"{data.stores[0].path}: hop {data.hop} differs from the encoder's "
+                            f"{encoder.hop}")
+    valid = None
+    if cfg.valid_store:
+        valid = CropDataset(
+            cfg.valid_store if len(cfg.valid_store) > 1 else cfg.valid_store[0],
+            workers.targets, crop_frames=data.crop_frames, device=env.device,
+            pairs=workers.needs_pairs, normalise_like=data,
+        )
+    model: nn.Module = MultiTask(encoder, workers).to(env.device)
+    weighting = build_weighting(cfg.weighting, names, **cfg.weighting_kwargs).to(env.device)
+    optimizer = torch.optim.AdamW(_param_groups(model, weighting, cfg), lr=cfg.lr,
+                                  betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    distort = Distortions(DistortionConfig(**cfg.distortions)).to(env.device) \
+        if cfg.distort else None
+    step, nan_run = 0, 0
+    if resume:
+        if not ckpt_path.exists():
+            raise TrainingError(f"{out}: no {CHECKPOINT} to resume from")
+        state = torch.load(ckpt_path, map_location=env.device, weights_only=False)
+        try:
+            _unwrap(model).load_state_dict(state["model"])
+            weighting.load_state_dict(state["weighting"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise TrainingError(f"{ckpt_path}: incompatible with this run's config ({e})"
+                                ) from None
+        step, nan_run = int(state["step"]), int(state["nan_run"])
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if env.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        _unwrap(model).encoder = torch.compile(_unwrap(model).encoder)  # type: ignore[assignment]
+    shared = shared_parameter(_unwrap(model).encoder)
+    use_bf16 = env.device.type == "cuda"
+    log = RunLog(out, step, env.main)
+    feeder = Prefetcher(data, seed=cfg.seed, start_step=step, batch_size=per_rank,
+                        rank=env.rank, depth=cfg.prefetch)
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and env.main),
+               file=sys.stderr, dynamic_ncols=True, unit="step")
+    window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    try:
+        model.train()
+        while step < cfg.steps:
+            wait0 = feeder.wait_seconds
+            batch = feeder.get(step)
+            gen = step_generator(env.device, cfg.seed, step, env.rank)
+            with torch.no_grad():
+                x = distort(batch.wave, gen) if distort is not None else batch.wave
+            with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                losses = model(x, batch.wave, batch.targets, gen)
+            losses = {k: v.float() for k, v in losses.items()}
+            total = weighting(losses, shared=shared)
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(total):
+                nan_run += 1
+                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+                warnings.warn(f"step {step}: non-finite loss ({', '.join(bad) or 'total'}); "
+                              "step skipped", stacklevel=1)
+                if nan_run >= cfg.max_nan_steps:
+                    raise TrainingError(f"{nan_run} consecutive steps with non-finite losses "
+                                        f"(last: {', '.join(bad) or 'total'}); stopping")
+                step += 1
+                scheduler.step()
+                continue
+            nan_run = 0
+            total.backward()
+            if env.world > 1:
+                for p in weighting.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= env.world
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            values = _mean_over_ranks(losses, env)
+            weighting.after_step(values)
+            step += 1
+            window_steps += 1
+            window_wait += feeder.wait_seconds - wait0
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window_t0
+                row = {
+                    "kind": "train", "step": step, "lr": scheduler.get_last_lr()[0],
+                    "total": float(total.detach()), "grad_norm": float(grad_norm),
+                    "steps_per_s": window_steps / elapsed,
+                    "audio_s_per_s": window_steps * cfg.batch_size * cfg.crop_seconds / elapsed,
+                    "data_wait": window_wait / elapsed,
+                    "loss": values, "weight": weighting.weights(),
+                }
+                log.write(row)
+                bar.set_postfix_str(
+                    f"loss {row['total']:.3f}, {row['audio_s_per_s']:.0f} audio-s/s, "
+                    f"data-wait {100 * row['data_wait']:.0f}%", refresh=False)
+                window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+            if valid is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                log.write({"kind": "valid", "step": step,
+                           "valid": evaluate(model, valid, cfg, env)})
+                model.train()
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                if env.main:
+                    _atomic_save({
+                        "model": _unwrap(model).state_dict(), "weighting": weighting.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "step": step, "nan_run": nan_run, "config": cfg.to_dict(),
+                    }, ckpt_path)
+                if env.world > 1:
+                    dist.barrier()
+    finally:
+        feeder.close()
+        bar.close()
+        log.close()
+    if env.main:
+        enc = _unwrap(model).encoder
+        enc = getattr(enc, "_orig_mod", enc)
+        save_encoder(out / ENCODER, enc, cfg.encoder, cfg, step, data.sample_rate)
+    if env.world > 1:
+        dist.barrier()
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: CropDataset, cfg: PretrainConfig, env: Env
+             ) -> dict[str, float]:
+    """Mean per-worker loss over ``cfg.valid_batches`` fixed batches of clean crops."""
+    model.eval()
+    sums: dict[str, float] = {}
+    per_rank = cfg.batch_size // env.world
+    for k in range(cfg.valid_batches):
+        batch = data.batch(cfg.seed + 7919, k, per_rank, env.rank)
+        gen = step_generator(env.device, cfg.seed + 7919, k, env.rank)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16,
+                            enabled=env.device.type == "cuda"):
+            losses = _unwrap(model)(batch.wave, batch.wave, batch.targets, gen)
+        for name, v in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(v.float()) / cfg.valid_batches
+    return sums
