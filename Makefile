@@ -10,10 +10,12 @@ TORCH ?= torch==2.13.0
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q --no-deps "tinysoundfont>=0.3.6"
 	$(PIP) install -q -e .
 
 install-test:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q --no-deps "tinysoundfont>=0.3.6"
 	$(PIP) install -q -e ".[test]"
 
 demo: install

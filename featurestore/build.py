@@ -28,7 +28,15 @@ from featurestore.errors import FeatureStoreError
 from featurestore.extract import ExtractConfig, PartitionResult, extract_partition
 from featurestore.manifest import Clip, manifest_hash
 from featurestore.sources import load_manifest
-from featurestore.store import SCHEMA_VERSION, Store, assemble, open_store, write_shard
+from featurestore.store import (
+    SCHEMA_VERSION,
+    Store,
+    assemble,
+    format_bytes,
+    format_hours,
+    open_store,
+    write_shard,
+)
 from featurestore.targets import resolve
 
 
@@ -50,9 +58,9 @@ class BuildReport:
     def summary(self) -> str:
         hours = self.seconds / 3600
         lines = [
-            f"{', '.join(map(str, self.outputs))}: {self.n_clips} clips, {hours:.2f} h of audio, "
-            f"{self.bytes / 1e9:.2f} GB"
-            + (f" ({self.bytes / 1e9 / hours:.2f} GB per audio-hour)" if hours else ""),
+            f"{', '.join(map(str, self.outputs))}: {self.n_clips} clips, "
+            f"{format_hours(self.seconds)} of audio, {format_bytes(self.bytes)}"
+            + (f" ({format_bytes(self.bytes / hours)} per audio-hour)" if hours else ""),
             f"targets added: {', '.join(self.targets_added) or 'none (up to date)'}; "
             f"{self.partitions_computed} of {self.partitions_total} partitions computed "
             f"in {self.wall_seconds:.1f} s",

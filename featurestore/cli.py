@@ -78,21 +78,14 @@ def build(source: str, output: str, layout: str, targets: str, sample_rate: int,
     click.echo(report.summary())
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 @main.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_user_errors
 def info(store: str, as_json: bool) -> None:
     """Summarise STORE: clips, hours, labels, splits, targets, size, errors."""
-    from featurestore.store import open_store
+    from featurestore.store import format_bytes as _size
+    from featurestore.store import format_hours, open_store
 
     s = open_store(store)
     hours = s.seconds / 3600
@@ -119,7 +112,8 @@ def info(store: str, as_json: bool) -> None:
         return
     click.echo(f"{s.path}  (schema {summary['schema_version']}, created {summary['created']})")
     click.echo(f"source: {summary['source']}")
-    click.echo(f"{s.n_clips} clips, {hours:.3f} h of audio at {s.sample_rate} Hz, hop {s.hop} "
+    click.echo(f"{s.n_clips} clips, {format_hours(s.seconds)} of audio at {s.sample_rate} Hz, "
+               f"hop {s.hop} "
                f"({s.sample_rate / s.hop:g} frames/s)")
     per_hour = f", {_size(file_bytes / hours)} per audio-hour" if hours else ""
     click.echo(f"size {_size(file_bytes)}{per_hour}")

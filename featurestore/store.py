@@ -61,6 +61,21 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def format_bytes(n: float) -> str:
+    """``1234567`` -> ``"1.2 MB"`` (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_hours(seconds: float) -> str:
+    """Audio duration in hours, with seconds for short corpora: ``"0.004 h (14.2 s)"``."""
+    hours = seconds / 3600
+    return f"{hours:.3f} h" + (f" ({seconds:.1f} s)" if hours < 1 else "")
+
+
 @dataclass
 class Stats:
     """Normalisation statistics of one target over a store (float64)."""

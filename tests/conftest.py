@@ -123,37 +123,32 @@ def slow_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------- processes
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_group_gone(pgid: int, timeout: float) -> bool:
+def group_gone(proc: subprocess.Popen[Any], timeout: float) -> bool:
+    """Wait until no process of the group ``proc`` leads is left (the leader reaped: a
+    zombie still counts as a member)."""
     deadline = time.monotonic() + timeout
-    while group_alive(pgid):
+    while True:
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.05)
-    return True
+        time.sleep(0.02)
 
 
 def kill_group(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL,
                wait: float = 30.0) -> None:
     """Send ``sig`` to the process group ``proc`` leads (started with
-    ``start_new_session=True``), wait for the leader, and make sure every process of the
-    group is gone (SIGKILL for the rest after ``wait`` seconds)."""
+    ``start_new_session=True``) and wait until the whole group is gone (SIGKILL for what
+    is left after ``wait`` seconds)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=wait)
-    if not wait_group_gone(proc.pid, wait if sig != signal.SIGKILL else 10.0):
+    if not group_gone(proc, wait if sig != signal.SIGKILL else 10.0):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        wait_group_gone(proc.pid, 10.0)
+        group_gone(proc, 10.0)
 
 
 class DaskCluster:
@@ -227,10 +222,8 @@ class DaskCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
             for proc in procs:
-                if not wait_group_gone(proc.pid, 10.0):
+                if not group_gone(proc, 10.0):
                     kill_group(proc, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
         for log in self.logs:
             log.close()
 

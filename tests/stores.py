@@ -29,8 +29,8 @@ def tone_corpus(folder: Path, n_clips: int = 24, seconds: float = 3.0, seed: int
         f0 = 261.63 * 2 ** (semitones[label] / 12)
         y = sum((0.4 / k) * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28))
                 for k in range(1, 5))
-        y = y * (0.5 + 0.5 * (np.sin(2 * np.pi * rng.uniform(0.5, 3) * t) > 0))  # note on/off
-        y = y + 0.01 * rng.standard_normal(n)
+        y = y * (0.3 + 0.7 * (np.sin(2 * np.pi * rng.uniform(0.5, 3) * t) > 0))  # accents
+        y = y + 0.002 * rng.standard_normal(n)
         name = f"clip{i:03d}.wav"
         sf.write(folder / name, (0.8 * y / np.abs(y).max()).astype(np.float32), sample_rate)
         split = ("train", "train", "train", "valid", "test", "train")[i % 6]

@@ -22,8 +22,8 @@ from conftest import (
     Corpus,
     DaskCluster,
     assert_same_store,
+    group_gone,
     kill_group,
-    wait_group_gone,
     write_wav,
 )
 
@@ -71,7 +71,7 @@ def test_resume_after_a_real_kill(sig: int, slow_corpus: Path, local_slow_store:
             wait_for_first_shard(parts_dir, lambda: proc.poll() is None)
             os.killpg(proc.pid, sig)  # the CLI, its Dask nanny and worker processes
             rc = proc.wait(timeout=60)
-            assert wait_group_gone(proc.pid, 30), "a process of the build outlived the kill"
+            assert group_gone(proc, 30), "a process of the build outlived the kill"
         finally:
             kill_group(proc)
     first_output = log_path.read_text(errors="replace")

@@ -47,19 +47,25 @@ def losses(run: Path, kind: str = "train") -> list[dict]:
 
 
 def test_a_tiny_pase_reduces_every_workers_loss(store: Path, tmp_path: Path) -> None:
-    run = pretrain(tiny(store, tmp_path / "run", distort=True), progress=False)
+    # 150 steps of a 0.1 M-parameter PASE+ on CPU: every worker must learn something (at
+    # least 10% below its first steps), and the workers together clearly (30% on average).
+    run = pretrain(tiny(store, tmp_path / "run", steps=150, batch_size=16, lr=1e-2),
+                   progress=False)
     rows = losses(run)
-    assert [r["step"] for r in rows] == list(range(1, 121))
+    assert [r["step"] for r in rows] == list(range(1, 151))
+    ratios = {}
     for name in WORKERS:
         first = sum(r["loss"][name] for r in rows[:10]) / 10
-        last = sum(r["loss"][name] for r in rows[-10:]) / 10
-        assert last < 0.8 * first, f"{name}: {first:.3f} -> {last:.3f}"
+        last = sum(r["loss"][name] for r in rows[-20:]) / 20
+        ratios[name] = last / first
+    assert all(r < 0.9 for r in ratios.values()), ratios
+    assert sum(ratios.values()) / len(ratios) < 0.7, ratios
     for r in rows:
         assert 0.0 <= r["data_wait"] <= 1.0 and r["audio_s_per_s"] > 0
         assert set(r["weight"]) == set(WORKERS)
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("kind,step,lr")
     saved = json.loads((run / "config.json").read_text())
-    assert saved["workers"] == WORKERS and saved["steps"] == 120
+    assert saved["workers"] == WORKERS and saved["steps"] == 150
 
 
 def test_the_saved_encoder_loads_with_one_call(store: Path, tmp_path: Path) -> None:

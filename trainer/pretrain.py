@@ -137,11 +137,11 @@ class RunLog:
         self.tb: Any = None
         if not enabled:
             return
-        # A resumed run rewrites history from its checkpoint on.
+        # A resumed run keeps the rows up to its checkpoint's step and rewrites the rest.
         for path in (self.jsonl, self.csv):
             if path.exists():
                 lines = path.read_text().splitlines(keepends=True)
-                keep = [ln for ln in lines if _row_step(ln, path) < start_step]
+                keep = [ln for ln in lines if _row_step(ln, path) <= start_step]
                 path.write_text("".join(keep))
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
@@ -179,8 +179,8 @@ def _row_step(line: str, path: Path) -> int:
             return int(json.loads(line)["step"])
         except (ValueError, KeyError):
             return -1
-    head = line.split(",", 1)[0]
-    return int(head) if head.isdigit() else -1  # the CSV header is kept
+    fields = line.split(",", 2)
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else -1  # header kept
 
 
 def save_encoder(path: Path, encoder: nn.Module, name: str, cfg: PretrainConfig | None,
@@ -226,6 +226,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
     if not resume and ckpt_path.exists():
         raise TrainingError(f"{out}: holds a run already; use --resume to continue it, or "
                             "another --out")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.crop_seconds <= 0:
+        raise TrainingError("steps, batch size and crop length must be positive")
     if not cfg.store:
         raise TrainingError("no training store given (--store)")
     if cfg.batch_size % env.world:
@@ -260,7 +262,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
     weighting = build_weighting(cfg.weighting, names, **cfg.weighting_kwargs).to(env.device)
     optimizer = torch.optim.AdamW(_param_groups(model, weighting, cfg), lr=cfg.lr,
                                   betas=(0.9, 0.98))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
     distort = Distortions(DistortionConfig(**cfg.distortions)).to(env.device) \
         if cfg.distort else None
     step, nan_run = 0, 0
@@ -272,7 +275,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             _unwrap(model).load_state_dict(state["model"])
             weighting.load_state_dict(state["weighting"])
             optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainingError(f"{ckpt_path}: incompatible with this run's config ({e})"
                                 ) from None
@@ -303,6 +305,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
         while step < cfg.steps:
             wait0 = feeder.wait_seconds
             batch = feeder.get(step)
+            for group in optimizer.param_groups:  # the schedule is a function of the step
+                group["lr"] = group["base_lr"] * lr_factor(step, cfg)
             gen = step_generator(env.device, cfg.seed, step, env.rank)
             with torch.no_grad():
                 x = distort(batch.wave, gen) if distort is not None else batch.wave
@@ -320,7 +324,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                     raise TrainingError(f"{nan_run} consecutive steps with non-finite losses "
                                         f"(last: {', '.join(bad) or 'total'}); stopping")
                 step += 1
-                scheduler.step()
                 continue
             nan_run = 0
             total.backward()
@@ -331,7 +334,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                         p.grad /= env.world
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            scheduler.step()
             values = _mean_over_ranks(losses, env)
             weighting.after_step(values)
             step += 1
@@ -341,7 +343,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_t0
                 row = {
-                    "kind": "train", "step": step, "lr": scheduler.get_last_lr()[0],
+                    "kind": "train", "step": step, "lr": optimizer.param_groups[0]["lr"],
                     "total": float(total.detach()), "grad_norm": float(grad_norm),
                     "steps_per_s": window_steps / elapsed,
                     "audio_s_per_s": window_steps * cfg.batch_size * cfg.crop_seconds / elapsed,
@@ -361,8 +363,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                 if env.main:
                     _atomic_save({
                         "model": _unwrap(model).state_dict(), "weighting": weighting.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "step": step, "nan_run": nan_run, "config": cfg.to_dict(),
+                        "optimizer": optimizer.state_dict(), "step": step, "nan_run": nan_run,
+                        "config": cfg.to_dict(),
                     }, ckpt_path)
                 if env.world > 1:
                     dist.barrier()
