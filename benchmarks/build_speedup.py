@@ -30,6 +30,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import benchlib  # before numpy: pins numeric libraries to one thread
-import numpy as np
+import benchlib  # first: pins numeric libraries to one thread
 from benchlib import SAMPLE_RATE, median, table
 
 CLIP_DIR = benchlib.CACHE / "build_clips"
@@ -184,10 +184,15 @@ def child_cluster(folder: str, workers: int, partition_sizes: list[int],
     # Builds on the warm cluster.
     for p in partition_sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            t3 = time.perf_counter()
+            w0 = client.run(time.process_time)
+            c0, t3 = time.process_time(), time.perf_counter()
             build(folder, Path(tmp) / "s.h5", executor=executor, partition_size=p,
                   progress=False)
-            out[f"warm_build_p{p}"] = time.perf_counter() - t3
+            wall = time.perf_counter() - t3
+            w1 = client.run(time.process_time)
+            out[f"warm_build_p{p}"] = wall
+            out[f"warm_build_p{p}_worker_cpu"] = sum(w1[a] - w0[a] for a in w0)
+            out[f"warm_build_p{p}_client_cpu"] = time.process_time() - c0
     t4 = time.perf_counter()
     if ctx is not None:
         ctx.__exit__(None, None, None)
@@ -213,14 +218,25 @@ CHILDREN = {"loop": child_loop, "build": child_build, "cluster": child_cluster,
 
 
 def run_child(mode: str, *args: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a measurement in a fresh process; add how busy the machine was meanwhile:
+    ``own_cores`` (the child and its descendants' CPU per wall second) and
+    ``other_cores`` (everything else's)."""
     load = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, t0 = benchlib.busy_cpu_seconds(), time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, json.dumps(args)],
         capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
     if proc.returncode != 0:
         sys.exit(f"child {mode} failed:\n{proc.stderr[-4000:]}")
+    wall = time.perf_counter() - t0
+    busy = benchlib.busy_cpu_seconds() - busy0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["load_before"] = load
+    out["own_cores"] = own / wall
+    out["other_cores"] = max(0.0, busy - own) / wall
     print(f"  {mode} {args[1:]}: " + ", ".join(
         f"{k}={v:.2f}" for k, v in out.items() if isinstance(v, float)), file=sys.stderr,
         flush=True)
@@ -263,31 +279,50 @@ def main(argv: list[str] | None = None) -> None:
     def best(runs: list[dict[str, Any]], key: str) -> float:
         return min(r[key] for r in runs)
 
-    loop_cold, loop_warm = best(loops, "cold"), best(loops, "warm")
-    inline = best(loops, "inline_build")
+    def best_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        return min(runs, key=lambda r: r[key])
+
+    audio = n * 30.0
+    lc, lw = best_run(loops, "cold"), best_run(loops, "warm")
+    li = best_run(loops, "inline_build")
+    loop_cold, loop_warm, inline = lc["cold"], lw["warm"], li["inline_build"]
+    header = ["run", "processes", "wall s", "speed-up", "x real time (wall)",
+              "other processes' load (cores)"]
     rows = [
         ["plain loop, `extract_partition`, 1 process (first clip pays JIT)", 1,
-         f"{loop_cold:.1f}", "1.00x", f"{n * 30 / loop_cold:.0f}x"],
-        ["plain loop, second (warm) pass", 1, f"{loop_warm:.1f}",
-         f"{loop_cold / loop_warm:.2f}x", f"{n * 30 / loop_warm:.0f}x"],
-        ["`build(executor=inline)`, 1 process, partition 16", 1, f"{inline:.1f}",
-         f"{loop_cold / inline:.2f}x", f"{n * 30 / inline:.0f}x"],
+         f"{loop_cold:.2f}", "1.00x", f"{audio / loop_cold:.0f}x", f"{lc['other_cores']:.2f}"],
+        ["plain loop, second (warm) pass", 1, f"{loop_warm:.2f}", "(warm baseline)",
+         f"{audio / loop_warm:.0f}x", f"{lw['other_cores']:.2f}"],
+        ["`build(executor=inline)` after the loop, 1 process, partition 16", 1,
+         f"{inline:.2f}", f"{loop_warm / inline:.2f}x vs warm loop", f"{audio / inline:.0f}x",
+         f"{li['other_cores']:.2f}"],
     ]
     for p in ps:
-        b = best(builds[p], "wall")
-        rows.append([f"`build(workers={w}, partition_size={p})`, cold: cluster start included",
-                     w, f"{b:.1f}", f"{loop_cold / b:.2f}x", f"{n * 30 / b:.0f}x"])
+        r = best_run(builds[p], "wall")
+        rows.append([f"`build(workers={w}, partition_size={p})`, cold: cluster start and JIT "
+                     "included", w, f"{r['wall']:.2f}", f"{loop_cold / r['wall']:.2f}x",
+                     f"{audio / r['wall']:.0f}x", f"{r['other_cores']:.2f}"])
+    share_rows = []
     for p in ps:
-        b = best(clusters, f"warm_build_p{p}")
-        rows.append([f"`build(executor=<warm Dask cluster>, partition_size={p})`", w, f"{b:.1f}",
-                     f"{loop_warm / b:.2f}x (vs warm loop)", f"{n * 30 / b:.0f}x"])
-    c = clusters[int(np.argmin([r["cluster_start"] for r in clusters]))]
+        key = f"warm_build_p{p}"
+        r = best_run(clusters, key)
+        rows.append([f"`build(executor=<warm Dask cluster>, partition_size={p})`", w,
+                     f"{r[key]:.2f}", f"{loop_warm / r[key]:.2f}x vs warm loop",
+                     f"{audio / r[key]:.0f}x", f"{r['other_cores']:.2f}"])
+        share_rows.append([f"partition_size={p}", f"{r[key + '_worker_cpu'] / r[key]:.2f}",
+                           f"{r[key + '_client_cpu'] / r[key]:.2f}",
+                           f"{r[key + '_worker_cpu'] / n * 1000:.0f}"])
+    c = best_run(clusters, "cluster_start")
     startup_rows = [
-        ["`LocalCluster` + `Client` start", f"{best(clusters, 'cluster_start'):.2f}"],
-        ["first task's imports in the workers (featurestore, librosa, essentia)",
+        ["`LocalCluster` + `Client` start (2 worker processes up)",
+         f"{best(clusters, 'cluster_start'):.2f}"],
+        ["first task's imports in the workers (featurestore, targets)",
          f"{best(clusters, 'worker_imports'):.2f}"],
-        ["first clip per worker (numba JIT), wall", f"{best(clusters, 'warmup'):.2f}"],
+        ["first clip per worker (librosa/essentia imports, numba JIT), wall",
+         f"{best(clusters, 'warmup'):.2f}"],
         ["cluster close", f"{best(clusters, 'close'):.2f}"],
+        ["cold build minus warm build (partition_size=2): the whole start-up",
+         f"{best_run(builds[ps[-1]], 'wall')['wall'] - best(clusters, f'warm_build_p{ps[-1]}'):.2f}"],  # noqa: E501
     ]
     loop_cpu = median(loops[0]["cpu_per_clip"]) * 1000
     worker_cpu = median(c["worker_cpu_per_clip"]) * 1000
@@ -307,13 +342,19 @@ def main(argv: list[str] | None = None) -> None:
     ]
     dd_rows = [[f"Dask default environment, warm build, partition_size={p}",
                 f"{dask_default[f'warm_build_p{p}']:.1f}"] for p in ps]
-    loads = [r["load_before"] for r in [*loops, *clusters, *builds[ps[0]]]]
+    loads = [r["load_before"] for r in [*loops, *clusters, *builds[ps[0]], *builds[ps[-1]]]]
     text = "\n".join([
         "# build_speedup", "", benchlib.machine_line(), "",
         f"{n} clips of 30 s (16 kHz float WAV), default targets, {w} single-threaded workers; "
         f"wall = best of {args.repeat}. 1-minute load average before the runs: "
         f"{min(loads):.2f}-{max(loads):.2f}.", "",
-        table(["run", "processes", "wall s", "speed-up", "x real time (wall)"], rows), "",
+        table(header, rows), "",
+        "Other processes' load: busy core-seconds of the whole machine (/proc/stat) minus "
+        "the run's own (its process tree's rusage), per wall second, over the run's process.",
+        "",
+        "Warm-cluster builds, cores kept busy (CPU seconds per wall second):", "",
+        table(["warm build", "workers' cores", "client + scheduler cores",
+               "worker CPU ms per clip"], share_rows), "",
         f"Imports in the client process: {best(loops, 'imports'):.2f} s (loop), "
         f"{best(builds[ps[0]], 'imports'):.2f} s (build).", "",
         "## Dask start-up", "", table(["step", "wall s"], startup_rows), "",

@@ -235,6 +235,16 @@ def trackers(with_pyin: bool) -> dict[str, Tracker]:
     return out
 
 
+def short_name(name: str) -> str:
+    """A column title: the tracker's name without library and with its settings terse."""
+    for word in ("essentia ", "`", " target"):
+        name = name.replace(word, "")
+    return (name.replace(" (conf >= 0.5, RMS >= -60 dBFS)", " gated")
+            .replace(" (conf >= 0.5)", "").replace(" (no voicing)", "")
+            .replace(" (PitchYinFFT 1024, conf >= 0.5)", "").replace(" (80-2000 Hz)", "")
+            .replace("PitchYin time domain", "PitchYin").replace("PredominantPitch", ""))
+
+
 def cents(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return 1200.0 * np.log2(np.maximum(est, 1e-9) / ref)
 
@@ -353,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
 
     inst_names = list(track)
     sections += ["## GPE per instrument (monophonic / polyphonic)", "",
-                 table(["instrument", *[n.split(" (")[0] for n in inst_names]],
+                 table(["instrument", *[short_name(n) for n in inst_names]],
                        [[name, *[
                            "{} / {}".format(*[
                                per_instrument[f"{m}|{name}"][t].row(True)[0]

@@ -66,7 +66,8 @@ def decode(
     try:
         info = sf.info(path)
     except Exception as e:  # noqa: BLE001 - libsndfile's message is the reason
-        raise AudioError(f"cannot decode: {e}") from None
+        # (without the "Error opening '<path>': " prefix: the error row names the file)
+        raise AudioError(f"cannot decode: {getattr(e, 'error_string', None) or e}") from None
     if info.frames == 0:
         raise AudioError("no audio samples (zero-length file)")
     # libsndfile shortens a WAV/AIFF whose data ends early to what is there, silently:

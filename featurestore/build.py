@@ -118,6 +118,9 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None) -> I
                 cluster = distributed.LocalCluster(
                     n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
                     processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                    # No dashboard; its HTTP server (health checks) on any free local port
+                    # rather than 8787, which another cluster may hold (a warning then).
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 )
             client = distributed.Client(cluster)
         try:
@@ -318,6 +321,10 @@ def build(
     parts = partitions(clips, partition_size)
     parts_dir = output.with_name(output.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
+    # Temporary files of a build that was killed: shards, or a store being assembled.
+    for pattern in (f"{output.name}.tmp-*", f"{output.stem}-[0-9][0-9][0-9].h5.tmp-*"):
+        for stale in output.parent.glob(pattern):
+            stale.unlink()
     for stale in parts_dir.glob("*.tmp-*"):
         stale.unlink()
     shard_paths = [parts_dir / f"part-{i:05d}.h5" for i in range(len(parts))]
@@ -333,23 +340,26 @@ def build(
         if not any(s.n_clips for s in shards):
             # Nothing to store: no output file (a later run would take it as up to date).
             errors = [e for s in shards for e in s.errors]
-            for path in shard_paths:
-                path.unlink()
-            with contextlib.suppress(OSError):
-                parts_dir.rmdir()
+            _remove_shards(parts_dir)
             first = f"; first: {errors[0][0]}: {errors[0][1]}" if errors else ""
             raise FeatureStoreError(
                 f"{source}: no clip could be read ({len(errors)} errors{first})")
     attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source),
              "partition_size": partition_size}
     outputs = _assemble(output, shard_paths, existing_files, hours_per_file, attrs)
-    for path in shard_paths:
-        path.unlink()
-    with contextlib.suppress(OSError):
-        parts_dir.rmdir()
+    _remove_shards(parts_dir)
     report = _report(outputs, new, len(parts), len(todo), t0)
     report.notes[:0] = notes
     return report
+
+
+def _remove_shards(parts_dir: Path) -> None:
+    """Remove the shard folder once its shards are assembled, with any shard of an earlier
+    attempt with another partition size."""
+    for path in parts_dir.glob("part-*.h5"):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        parts_dir.rmdir()
 
 
 def _spec_of(name: str) -> Any:

@@ -2,7 +2,10 @@
 
 One HDF5 file per data set (or per slice of a large corpus), readable with plain h5py::
 
-    /                  attrs: schema_version, sample_rate, hop, created, source, versions (JSON)
+    /                  attrs: schema_version, sample_rate, hop, created, source, versions (JSON);
+                       build bookkeeping: partition_size, partitions ([first, stop) of the
+                       build's partitions held here), files ([k, K], only for a corpus
+                       written as K files ``<stem>-NNN.h5``)
     /clips/<column>    one 1-D dataset per column, row i = clip i:
                        id, path, label, split, group, sha1, meta (JSON) (UTF-8 strings);
                        n_samples, n_frames, sample_offset, frame_offset (int64)

@@ -252,3 +252,19 @@ def test_build_argument_errors(corpus: Corpus, tmp_path: Path) -> None:
     with pytest.raises(FeatureStoreError, match="unknown target 'nope'"):
         build(str(corpus.csv), tmp_path / "x.h5", targets="mfcc,nope")
     assert not list(tmp_path.iterdir())
+
+
+def test_leftovers_of_a_killed_build_are_cleaned(corpus: Corpus, dask_cluster: DaskCluster,
+                                                 built_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "main.h5"
+    parts_dir = tmp_path / "main.h5.parts"
+    parts_dir.mkdir()
+    (tmp_path / "main.h5.tmp-4242").write_bytes(b"half an assembled store")
+    (parts_dir / "part-00001.h5.tmp-4242").write_bytes(b"half a shard")
+    (parts_dir / "part-00000.h5").write_bytes(b"not a shard")  # unreadable: recomputed
+    (parts_dir / "part-00042.h5").write_bytes(b"from a run with smaller partitions")
+    report = build(str(corpus.csv), out, targets=MAIN_TARGETS, scheduler=dask_cluster.address,
+                   partition_size=3, progress=False)
+    assert report.partitions_computed == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["main.h5"]
+    assert_same_store(out, built_store)

@@ -80,3 +80,130 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
         cfg = resolve_config(config_file, options)
         out = run(cfg, progress=not quiet)
     click.echo(f"encoder saved to {out / 'encoder.pt'}")
+
+
+@main.command()
+@click.option("--encoder", "spec", required=True,
+              help="encoder.pt, random:<encoder or encoder.pt>, or mfcc-stats.")
+@click.option("--store", required=True, type=click.Path(), help="Store whose clips to embed.")
+@click.option("--pooling", default="mean+std", show_default=True,
+              type=click.Choice(["mean", "mean+std"]))
+@click.option("--crop-seconds", default=10.0, show_default=True,
+              help="Long clips are embedded in crops of this length, then pooled.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+@_user_errors
+def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
+          quiet: bool) -> None:
+    """Compute (or find cached) clip embeddings of STORE, beside the store."""
+    from trainer.embed import clip_embeddings
+
+    emb = clip_embeddings(spec, store, pooling=pooling, device=device,
+                          crop_seconds=crop_seconds, progress=not quiet)
+    click.echo(f"{len(emb.ids)} clips x {emb.X.shape[1]} dims ({spec}, {pooling}); cached "
+               f"under {store}.embeddings/")
+
+
+@main.command()
+@click.option("--encoder", "spec", required=True,
+              help="encoder.pt, random:<encoder or encoder.pt>, or mfcc-stats.")
+@click.option("--store", required=True, type=click.Path(), help="Labeled store.")
+@click.option("--classifier", default="mlp", show_default=True,
+              type=click.Choice(["linear", "mlp"]))
+@click.option("--pooling", default="mean+std", show_default=True,
+              type=click.Choice(["mean", "mean+std"]))
+@click.option("--folds", type=int, help="Grouped k-fold instead of the store's splits.")
+@click.option("--seeds", default=3, show_default=True)
+@click.option("--task", default="auto", show_default=True,
+              type=click.Choice(["auto", "classification", "tagging"]))
+@click.option("--crop-seconds", default=10.0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Report folder.")
+@click.option("--quiet", is_flag=True)
+@_user_errors
+def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | None, seeds: int,
+          task: str, crop_seconds: float, device: str, out: str, quiet: bool) -> None:
+    """Probe a frozen encoder (or a baseline) on a labeled store and write a report."""
+    from pathlib import Path
+
+    from trainer.embed import clip_embeddings
+    from trainer.probe import ProbeConfig, run_probe
+    from trainer.report import write_report
+
+    emb = clip_embeddings(spec, store, pooling=pooling, device=device,
+                          crop_seconds=crop_seconds, progress=not quiet)
+    config = ProbeConfig(classifier=classifier, folds=folds, seeds=seeds, task=task,
+                         device=_device(device))
+    result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
+    path = write_report(Path(out), result, meta={
+        "name": Path(out).name, "encoder": spec, "encoder_key": emb.key, "store": store,
+        "store_name": Path(store).stem, "pooling": pooling, "crop_seconds": crop_seconds,
+    }, embeddings=(emb.X, emb.labels))
+    click.echo((Path(out) / "summary.md").read_text())
+    click.echo(f"report: {path}")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@main.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), help="Also write the table to this Markdown file.")
+@_user_errors
+def compare(results: tuple[str, ...], out: str | None) -> None:
+    """One table of every probe report (result.json files)."""
+    from pathlib import Path
+
+    from trainer.report import compare as table
+
+    text = table(list(results))
+    click.echo(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path())
+@click.option("--out", type=click.Path(), help="Output folder [sweeps/<file stem>].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dry-run", is_flag=True, help="List the runs and probes, run nothing.")
+@click.option("--quiet", is_flag=True)
+@_user_errors
+def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, quiet: bool) -> None:
+    """Run a grid of pre-training runs and probes; resumable; ends with one table."""
+    from trainer.sweep import load_sweep, probe_specs, run_sweep
+
+    plan, folder = load_sweep(sweep_file, out)
+    if dry_run:
+        for run in plan.runs:
+            click.echo(f"run   {run.name}: {run.config.encoder}, workers "
+                       f"{','.join(run.config.workers)}, {run.config.weighting}, "
+                       f"{run.config.steps} steps")
+        for name, spec in probe_specs(plan, folder):
+            click.echo(f"probe {name}: {spec} on {', '.join(plan.probe_stores)}")
+        return
+    path = run_sweep(plan, folder, device=_device(device), progress=not quiet)
+    click.echo(path.read_text())
+    click.echo(f"table: {path}")
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path())
+@click.option("--device", default="auto", show_default=True)
+@click.option("--scale", default=1.0, show_default=True, help="Size of the demo corpus.")
+@click.option("--steps", type=int, help="Pre-training steps [400 on CPU, 3000 on CUDA].")
+@click.option("--seeds", default=3, show_default=True, help="Probe seeds.")
+@click.option("--quiet", is_flag=True)
+@_user_errors
+def demo(out: str, device: str, scale: float, steps: int | None, seeds: int,
+         quiet: bool) -> None:
+    """The main job end to end on the embedded demo corpus (no data needed)."""
+    from trainer.demo import main_job
+
+    main_job(out, device=device, scale=scale, steps=steps, seeds=seeds, progress=not quiet,
+             echo=click.echo)

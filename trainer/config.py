@@ -21,6 +21,9 @@ class PretrainConfig:
         Training store file(s) (paths or glob patterns); several files open as one set.
     valid_store : list of str
         Held-out store file(s) for per-worker validation losses (optional).
+    splits : list of str, optional
+        Pre-train only on clips of these splits (``""`` is the unsplit part), e.g.
+        ``["train", ""]`` to keep a labeled store's test clips out; default: every clip.
     out : str
         Run folder (checkpoints, logs, the final ``encoder.pt``).
     encoder : str
@@ -56,6 +59,7 @@ class PretrainConfig:
 
     store: list[str] = field(default_factory=list)
     valid_store: list[str] = field(default_factory=list)
+    splits: list[str] | None = None
     out: str = "runs/pretrain"
     encoder: str = "pase+"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -245,7 +245,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
         raise TrainingError(f"LIM/GIM need an even batch of at least 4 per rank, got {per_rank}")
     data = CropDataset(
         cfg.store if len(cfg.store) > 1 else cfg.store[0], workers.targets,
-        crop_frames=round(cfg.crop_seconds / hop_seconds), cache=cfg.cache,
+        crop_frames=round(cfg.crop_seconds / hop_seconds), splits=cfg.splits, cache=cfg.cache,
         device=env.device, pairs=workers.needs_pairs,
     )
     if data.hop != encoder.hop:

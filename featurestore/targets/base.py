@@ -10,6 +10,7 @@ nowhere else.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -93,10 +94,13 @@ class Frames:
         import librosa
 
         def make() -> np.ndarray:
-            c = librosa.cqt(
-                self.y, sr=self.sample_rate, hop_length=self.hop, fmin=fmin, n_bins=n_bins,
-                bins_per_octave=bins_per_octave, tuning=0.0,
-            )
+            with warnings.catch_warnings():
+                # Short clips: librosa warns that its low-octave FFT exceeds the signal.
+                warnings.filterwarnings("ignore", message="n_fft=.* is too large")
+                c = librosa.cqt(
+                    self.y, sr=self.sample_rate, hop_length=self.hop, fmin=fmin, n_bins=n_bins,
+                    bins_per_octave=bins_per_octave, tuning=0.0,
+                )
             return fit_frames(np.abs(c).astype(np.float32), self.n_frames, axis=1)
 
         return self.memo(("cqt", n_bins, bins_per_octave, fmin), make)

@@ -1,0 +1,574 @@
+"""Frozen-encoder clip embeddings, cached in a sidecar file beside the store.
+
+An :class:`Embedder` turns a store's clips into frame embeddings ``[T, D]``; three kinds
+come from :func:`load_embedder`:
+
+* a pre-trained encoder (``runs/x/encoder.pt``, read with :func:`trainer.load_encoder`);
+* an untrained encoder (``random:pase+``: the architecture with its seeded random
+  initialisation, the baseline that shows what pre-training adds);
+* ``mfcc-stats``, the classical baseline: the store's own ``mfcc`` rows (20 MFCC with
+  deltas and delta-deltas) as frame features, so that pooling gives their mean and
+  standard deviation over the clip.
+
+:func:`clip_embeddings` pools the frames of every clip into one vector ("mean" or
+"mean+std") and caches the result in ``<store>.embeddings/<key>-<pooling>-<crop>.h5``
+(DESIGN.md, "Store schema": derived data never goes into the store itself). The cache
+records the store's identity (its ``created`` attribute, clip count and a digest of the
+clip ids and checksums), so a rebuilt store is embedded again.
+
+Encoders run in eval mode under ``torch.no_grad`` (bf16 autocast on CUDA). A clip is cut
+into crops of at most ``crop_seconds`` (whole frames; the last, shorter crop is kept),
+crops of equal length from many clips are batched together, and the frames of a clip's
+crops are concatenated in order before pooling. A frame-local encoder therefore gives
+exactly the whole-clip result; a recurrent one (PASE+'s GRU) sees each crop on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featurestore.store import Store, open_store
+
+POOLINGS = ("mean", "mean+std")
+MFCC_STATS = "mfcc-stats"
+MFCC_STATS_KEY = "mfcc-stats-v1"  # bump when what mfcc-stats computes changes
+CACHE_FORMAT = "trainer-embeddings/1"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when torch sees a GPU, else CPU; anything else as given."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def crop_bounds(n_frames: int, crop_frames: int) -> list[tuple[int, int]]:
+    """Consecutive crops ``[start, stop)`` in frames covering ``n_frames`` frames.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames of the clip.
+    crop_frames : int
+        Longest crop, in frames (at least 1).
+
+    Returns
+    -------
+    list of (int, int)
+        Full crops of ``crop_frames`` and, when ``n_frames`` is not a multiple, a last
+        shorter crop (always at least one frame). Empty for ``n_frames == 0``.
+    """
+    crop_frames = max(1, int(crop_frames))
+    return [(s, min(s + crop_frames, n_frames)) for s in range(0, n_frames, crop_frames)]
+
+
+def pool(frames: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool frame embeddings ``[T, D]`` into one vector (computed in float64).
+
+    Parameters
+    ----------
+    frames : np.ndarray
+        ``[T, D]``; ``T = 0`` pools to zeros.
+    pooling : {"mean", "mean+std"}
+        ``mean`` gives ``[D]``; ``mean+std`` gives ``[2D]``: the mean, then the population
+        standard deviation (``ddof=0``) of every dimension.
+
+    Returns
+    -------
+    np.ndarray
+        float32.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+    x = np.asarray(frames, dtype=np.float64)
+    if len(x) == 0:
+        x = np.zeros((1, x.shape[1]))
+    parts = [x.mean(axis=0)] + ([x.std(axis=0)] if pooling == "mean+std" else [])
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _sha1_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _clip_wave(store: Store, i: int, n_frames: int, hop: int) -> np.ndarray:
+    """Clip ``i`` as float32 in [-1, 1], cut to ``n_frames * hop`` samples (zero-padded to
+    one frame for a clip shorter than one hop)."""
+    wave = np.asarray(store.waveform_of(i)[: n_frames * hop], dtype=np.float32) / 32768.0
+    if n_frames == 0:
+        wave = np.zeros(hop, dtype=np.float32)
+    return wave
+
+
+# ---------------------------------------------------------------------------- embedders
+
+
+class Embedder:
+    """What turns a store's clips into frame embeddings.
+
+    Attributes
+    ----------
+    name : str
+        What it is, as given: ``runs/x/encoder.pt``, ``random:pase+``, ``mfcc-stats``.
+    key : str
+        A content hash that names its cache files: the same key means the same
+        embeddings.
+    """
+
+    name: str
+    key: str
+
+    def check(self, store: Store) -> None:
+        """Raise ``ValueError`` when this embedder cannot embed ``store``."""
+
+    def frames(self, store: Store, i: int, device: str | torch.device = "cpu") -> np.ndarray:
+        """Frame embeddings ``[T, D]`` (float32) of clip ``i`` of ``store``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, key={self.key[:12]!r})"
+
+
+class MfccStatsEmbedder(Embedder):
+    """The classical baseline: the store's ``mfcc`` rows of a clip as its frame features."""
+
+    def __init__(self) -> None:
+        self.name = MFCC_STATS
+        self.key = MFCC_STATS_KEY
+
+    def check(self, store: Store) -> None:
+        if "mfcc" not in store.targets:
+            raise ValueError(
+                f"{store.path}: the store has no 'mfcc' target, which mfcc-stats embeds "
+                f"(it has {', '.join(store.targets) or 'none'}); add it with "
+                f"'featurestore build SOURCE -o {store.path} --targets mfcc'"
+            )
+
+    def frames(self, store: Store, i: int, device: str | torch.device = "cpu") -> np.ndarray:
+        self.check(store)
+        return np.asarray(store.frames_of("mfcc", i), dtype=np.float32)
+
+
+class EncoderEmbedder(Embedder):
+    """Frame embeddings of a frozen waveform encoder (``wave [B, T*hop] → [B, dim, T]``).
+
+    Parameters
+    ----------
+    name, key : str
+        See :class:`Embedder`.
+    build : callable
+        Returns the encoder (an ``nn.Module`` with ``hop`` and ``dim``); called once, on
+        first use, so that a cached result never builds or loads the model.
+    sample_rate : int
+        The sample rate the encoder expects, unless the encoder says otherwise (a
+        ``sample_rate`` attribute, as :func:`trainer.load_encoder` sets, or in its
+        ``config()``).
+    crop_seconds : float
+        Longest crop that :meth:`frames` feeds the encoder at once.
+    """
+
+    def __init__(self, name: str, key: str, build: Callable[[], nn.Module], *,
+                 sample_rate: int = 16000, crop_seconds: float = 10.0) -> None:
+        self.name, self.key = name, key
+        self._build = build
+        self._sample_rate = int(sample_rate)
+        self.crop_seconds = float(crop_seconds)
+
+    @cached_property
+    def encoder(self) -> nn.Module:
+        """The encoder, in eval mode with gradients off."""
+        enc = self._build().eval()
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        return enc
+
+    @property
+    def sample_rate(self) -> int:
+        enc = self.encoder
+        rate = getattr(enc, "sample_rate", None)
+        if rate is None and hasattr(enc, "config"):
+            rate = enc.config().get("sample_rate")
+        return int(rate) if rate is not None else self._sample_rate
+
+    @property
+    def hop(self) -> int:
+        return int(self.encoder.hop)
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    def check(self, store: Store) -> None:
+        ours = self.sample_rate / self.hop
+        theirs = store.sample_rate / store.hop
+        if ours != theirs:
+            raise ValueError(
+                f"{self.name}: encoder frame rate {ours:g} Hz does not match the store's "
+                f"{theirs:g} Hz ({store.path}: sample rate {store.sample_rate}, hop "
+                f"{store.hop}; encoder: sample rate {self.sample_rate}, hop {self.hop})"
+            )
+        if self.sample_rate != store.sample_rate:
+            raise ValueError(
+                f"{self.name}: the encoder expects {self.sample_rate} Hz audio, the store "
+                f"{store.path} holds {store.sample_rate} Hz (rebuild it with "
+                f"--sample-rate {self.sample_rate})"
+            )
+
+    def encode(self, waves: torch.Tensor) -> torch.Tensor:
+        """Encode equal-length crops ``[B, t * hop]`` (on the encoder's device) into
+        frames ``[B, t, dim]`` (float32), in eval mode without gradients."""
+        enc = self.encoder
+        with torch.no_grad(), torch.autocast(waves.device.type, dtype=torch.bfloat16,
+                                             enabled=waves.device.type == "cuda"):
+            out = enc(waves)
+        return out.float().transpose(1, 2)
+
+    def to(self, device: torch.device) -> EncoderEmbedder:
+        """Move the encoder to ``device``; returns self."""
+        self.encoder.to(device)
+        return self
+
+    def frames(self, store: Store, i: int, device: str | torch.device = "cpu") -> np.ndarray:
+        self.check(store)
+        device = resolve_device(device)
+        self.to(device)
+        hop = self.hop
+        n_frames = max(1, int(store.clips["n_frames"][i]))
+        wave = torch.from_numpy(_clip_wave(store, i, int(store.clips["n_frames"][i]), hop))
+        crop_frames = max(1, int(self.crop_seconds * self.sample_rate) // hop)
+        bounds = crop_bounds(n_frames, crop_frames)
+        full = [b for b in bounds if b[1] - b[0] == crop_frames]
+        out = []
+        if full:
+            batch = torch.stack([wave[a * hop : b * hop] for a, b in full]).to(device)
+            out.extend(self.encode(batch).cpu().numpy())
+        if len(full) < len(bounds):
+            a, b = bounds[-1]
+            out.append(self.encode(wave[a * hop : b * hop][None].to(device))[0].cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+
+def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu",
+                  encoder_kwargs: dict[str, Any] | None = None) -> Embedder:
+    """The embedder named by ``spec``.
+
+    Parameters
+    ----------
+    spec : str
+        A path to an ``encoder.pt`` (:func:`trainer.load_encoder`; key = sha1 of the
+        file's bytes); ``random:<encoder name>`` (:func:`trainer.encoders.build_encoder`
+        with ``encoder_kwargs`` (default: none, the encoder's defaults), initialised
+        after ``torch.manual_seed(seed)`` in a forked RNG, eval mode; key = sha1 of the
+        name, keyword arguments and seed); or ``mfcc-stats`` (the store's ``mfcc`` rows).
+    seed : int
+        Initialisation seed of ``random:`` encoders.
+    device : str or torch.device
+        Where the encoder is put when it is first used (``auto``: CUDA if available).
+    encoder_kwargs : dict, optional
+        Constructor arguments of a ``random:`` encoder (a smaller configuration).
+
+    Returns
+    -------
+    Embedder
+        Encoders are built or loaded lazily, on first use.
+
+    Raises
+    ------
+    ValueError
+        An unknown encoder name after ``random:``.
+    FileNotFoundError
+        A path that does not exist.
+    """
+    from trainer.encoders import ENCODERS, build_encoder
+
+    dev = resolve_device(device)
+    if spec == MFCC_STATS:
+        return MfccStatsEmbedder()
+    if spec.startswith("random:"):
+        name = spec.split(":", 1)[1]
+        if name not in ENCODERS:
+            raise ValueError(f"unknown encoder {name!r} in {spec!r}; known encoders: "
+                             f"{', '.join(sorted(ENCODERS))}")
+        kwargs = dict(encoder_kwargs or {})
+        key = hashlib.sha1(json.dumps([spec, kwargs, int(seed)], sort_keys=True,
+                                      default=list).encode()).hexdigest()
+
+        def build() -> nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                enc = build_encoder(name, **kwargs)
+            return enc.to(dev)
+
+        return EncoderEmbedder(spec, key, build)
+    if not os.path.exists(spec):
+        raise FileNotFoundError(
+            f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>' or "
+            f"'{MFCC_STATS}')")
+
+    def load() -> nn.Module:
+        from trainer import load_encoder
+
+        return load_encoder(spec, device=dev)
+
+    return EncoderEmbedder(spec, _sha1_file(spec), load)
+
+
+# ---------------------------------------------------------------------------- clip embeddings
+
+
+@dataclass
+class Embeddings:
+    """One pooled embedding per clip of a store, with the clip table's columns.
+
+    Attributes
+    ----------
+    ids : list of str
+    X : np.ndarray, shape (n_clips, D'), float32
+        ``D' = D`` for ``mean`` pooling, ``2 D`` for ``mean+std``.
+    labels : list of str
+        Multi-label clips joined by ``';'``; ``""`` when unlabelled.
+    splits, groups : list of str
+    key : str
+        The embedder's key.
+    pooling : str
+    """
+
+    ids: list[str]
+    X: np.ndarray
+    labels: list[str]
+    splits: list[str]
+    groups: list[str]
+    key: str
+    pooling: str
+
+
+def cache_path(store_path: str | os.PathLike[str], key: str, pooling: str,
+               crop_seconds: float) -> Path:
+    """``<store>.embeddings/<key>-<pooling>-<crop_seconds>.h5``."""
+    store_path = Path(store_path)
+    folder = store_path.with_name(store_path.name + ".embeddings")
+    return folder / f"{key}-{pooling}-{crop_seconds:g}.h5"
+
+
+def store_identity(store: Store) -> dict[str, Any]:
+    """What identifies a built store: its ``created`` attribute, clip count, and a digest
+    of its clip ids and checksums."""
+    h = hashlib.sha1()
+    for col in ("id", "sha1", "n_samples"):
+        h.update("\n".join(str(v) for v in store.clips[col].tolist()).encode())
+        h.update(b"\0")
+    return {"store_created": str(store.attrs.get("created", "")), "n_clips": store.n_clips,
+            "clips_digest": h.hexdigest()}
+
+
+def _read_cache(path: Path, identity: dict[str, Any], key: str, pooling: str,
+                crop_seconds: float) -> np.ndarray | None:
+    import h5py
+
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            same = (a.get("format") == CACHE_FORMAT and a.get("key") == key
+                    and a.get("pooling") == pooling
+                    and float(a.get("crop_seconds", -1)) == float(crop_seconds)
+                    and all(str(a.get(k)) == str(v) for k, v in identity.items()))
+            if not same:
+                return None
+            return np.asarray(f["X"][...], dtype=np.float32)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None  # unreadable or damaged: recompute and replace
+
+
+def _write_cache(path: Path, X: np.ndarray, ids: list[str], identity: dict[str, Any],
+                 embedder: Embedder, pooling: str, crop_seconds: float) -> None:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = CACHE_FORMAT
+            f.attrs["key"] = embedder.key
+            f.attrs["name"] = embedder.name
+            f.attrs["pooling"] = pooling
+            f.attrs["crop_seconds"] = float(crop_seconds)
+            for k, v in identity.items():
+                f.attrs[k] = v
+            f.create_dataset("X", data=X)
+            f.create_dataset("ids", data=np.array(ids, dtype=object),
+                             dtype=h5py.string_dtype())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
+                     batch_size: int, device: torch.device,
+                     ) -> Iterator[tuple[int, np.ndarray]]:
+    """Frame embeddings ``(clip, [T, D])`` of every clip, in clip order, computed in
+    batches of equal-length crops drawn from many clips.
+
+    Full crops fill batches of ``batch_size``; shorter last crops wait in buckets of their
+    own length. Pending crops are bounded (about ``4 * batch_size`` full crops' samples):
+    when the bound is passed, every bucket is flushed.
+    """
+    hop = embedder.hop
+    limit = 4 * batch_size * crop_frames
+    buckets: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+    pending_frames = 0
+    pieces: dict[int, list[np.ndarray | None]] = {}
+    next_clip = 0
+
+    def run(length: int) -> None:
+        nonlocal pending_frames
+        items = buckets.pop(length)
+        pending_frames -= length * len(items)
+        for k in range(0, len(items), batch_size):
+            chunk = items[k : k + batch_size]
+            waves = torch.from_numpy(np.stack([w for _, _, w in chunk])).to(device)
+            out = embedder.encode(waves).cpu().numpy()
+            for (clip, j, _), frames in zip(chunk, out, strict=True):
+                pieces[clip][j] = frames
+
+    def finished() -> Iterator[tuple[int, np.ndarray]]:
+        nonlocal next_clip
+        while next_clip in pieces and all(p is not None for p in pieces[next_clip]):
+            parts = pieces.pop(next_clip)
+            yield next_clip, np.concatenate(parts)  # type: ignore[arg-type]
+            next_clip += 1
+
+    for i in range(store.n_clips):
+        n = int(store.clips["n_frames"][i])
+        wave = _clip_wave(store, i, n, hop)
+        bounds = crop_bounds(max(1, n), crop_frames)
+        pieces[i] = [None] * len(bounds)
+        for j, (a, b) in enumerate(bounds):
+            buckets.setdefault(b - a, []).append((i, j, wave[a * hop : b * hop]))
+            pending_frames += b - a
+        if len(buckets.get(crop_frames, ())) >= batch_size:
+            run(crop_frames)
+        if pending_frames > limit:
+            for length in sorted(buckets):
+                run(length)
+        yield from finished()
+    for length in sorted(buckets):
+        run(length)
+    yield from finished()
+
+
+def clip_embeddings(spec: str | Embedder, store_path: str | os.PathLike[str], *,
+                    pooling: str = "mean+std", device: str | torch.device = "auto",
+                    batch_size: int = 16, crop_seconds: float = 10.0, cache: bool = True,
+                    progress: bool = False) -> Embeddings:
+    """Pooled frozen-encoder embeddings of every clip of a store, cached beside it.
+
+    Parameters
+    ----------
+    spec : str or Embedder
+        What :func:`load_embedder` reads (``random:`` encoders with seed 0), or an
+        embedder.
+    store_path : path-like
+        One store file (read only: nothing is ever written into it).
+    pooling : {"mean", "mean+std"}
+        Pooling of a clip's frames (see :func:`pool`).
+    device : str or torch.device
+        ``auto``: CUDA when available, else CPU.
+    batch_size : int
+        Crops per encoder call.
+    crop_seconds : float
+        Longest crop fed to the encoder, rounded down to whole frames (at least one).
+    cache : bool
+        Read and write ``<store>.embeddings/<key>-<pooling>-<crop_seconds>.h5``. A cache
+        written for another build of the store (another ``created`` time, clip count or
+        clip table) is recomputed and replaced; the file is written under a temporary
+        name and renamed.
+    progress : bool
+        A progress bar over the clips (stderr).
+
+    Returns
+    -------
+    Embeddings
+
+    Raises
+    ------
+    ValueError
+        Unknown pooling; an encoder whose frame rate or sample rate differs from the
+        store's; ``mfcc-stats`` on a store without ``mfcc``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if crop_seconds <= 0:
+        raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
+    store = open_store(store_path)
+    dev = resolve_device(device)
+    embedder = load_embedder(spec, device=dev) if isinstance(spec, str) else spec
+    c = store.clips
+    ids = [str(v) for v in c["id"].tolist()]
+    identity = store_identity(store)
+    path = cache_path(store_path, embedder.key, pooling, crop_seconds)
+    X = _read_cache(path, identity, embedder.key, pooling, crop_seconds) if cache else None
+    if X is not None and len(X) != store.n_clips:
+        X = None
+    if X is None:
+        X = _compute(embedder, store, pooling, dev, batch_size, crop_seconds, progress)
+        if cache:
+            _write_cache(path, X, ids, identity, embedder, pooling, crop_seconds)
+    return Embeddings(
+        ids=ids, X=X, labels=[str(v) for v in c["label"].tolist()],
+        splits=[str(v) for v in c["split"].tolist()],
+        groups=[str(v) for v in c["group"].tolist()], key=embedder.key, pooling=pooling,
+    )
+
+
+def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.device,
+             batch_size: int, crop_seconds: float, progress: bool) -> np.ndarray:
+    from tqdm import tqdm
+
+    embedder.check(store)
+    bar = tqdm(total=store.n_clips, disable=not progress, file=sys.stderr, unit="clip",
+               desc=f"embedding {Path(store.path).name}")
+    rows: list[np.ndarray] = []
+    try:
+        if isinstance(embedder, EncoderEmbedder):
+            embedder.to(device)
+            crop_frames = max(1, int(crop_seconds * embedder.sample_rate) // embedder.hop)
+            for _, frames in _encoder_batches(embedder, store, crop_frames, batch_size,
+                                              device):
+                rows.append(pool(frames, pooling))
+                bar.update(1)
+        else:
+            for i in range(store.n_clips):
+                rows.append(pool(embedder.frames(store, i, device), pooling))
+                bar.update(1)
+    finally:
+        bar.close()
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack(rows).astype(np.float32)
+
+
+__all__ = [
+    "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder", "cache_path",
+    "clip_embeddings", "crop_bounds", "load_embedder", "pool", "resolve_device",
+]

@@ -1,0 +1,201 @@
+"""Sweeps: a grid of pre-training runs, each probed on labeled stores, with baselines,
+ending with one comparison table. Every finished piece is kept and skipped on a rerun, so
+an interrupted sweep resumes where it stopped.
+
+A sweep file (TOML) names the stores, a base pre-training config, the probes and one or
+more studies; each study is a grid whose every combination is one run::
+
+    [stores]
+    pretrain = ["stores/fma-*.h5"]         # pre-training data (labels unused)
+    pretrain_splits = ["train", ""]        # optional: keep test clips out of pre-training
+    probe = { gtzan = "stores/gtzan.h5" }  # name -> labeled store
+
+    [pretrain]                             # any PretrainConfig option, for every run
+    steps = 20000
+
+    [probe]
+    seeds = 3
+    classifier = "mlp"
+    pooling = "mean+std"
+    baselines = ["mfcc-stats", "random"]   # "random" = each encoder with random weights
+
+    [[study]]
+    name = "weighting"
+    encoder = ["pase+"]
+    weighting = ["equal", "uncertainty", "dwa", "gradnorm"]
+    workers = { all = ["default"] }        # name -> worker list
+    seed = [0]
+
+Layout of the output folder: ``runs/<run>/`` (pre-training), ``reports/<run>/<store>/``
+(probe reports), ``comparison.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import PretrainConfig
+
+
+@dataclass
+class Run:
+    """One pre-training run of a sweep."""
+
+    name: str
+    config: PretrainConfig
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file."""
+
+    pretrain_stores: list[str]
+    probe_stores: dict[str, str]
+    runs: list[Run]
+    probe: dict[str, Any] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=list)
+    pretrain_splits: list[str] | None = None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.replace("+", "plus"))
+
+
+def parse_sweep(data: dict[str, Any], out: Path, source: str = "sweep") -> Sweep:
+    """Expand a sweep description (a parsed TOML document) into runs.
+
+    Raises
+    ------
+    ValueError
+        Missing sections, unknown options, or duplicate run names.
+    """
+    stores = data.get("stores", {})
+    if not stores.get("pretrain") or not stores.get("probe"):
+        raise ValueError(f"{source}: [stores] needs 'pretrain' (list) and 'probe' (table)")
+    base = dict(data.get("pretrain", {}))
+    probe = dict(data.get("probe", {}))
+    baselines = [str(b) for b in probe.pop("baselines", [])]
+    runs: list[Run] = []
+    names: set[str] = set()
+    studies = data.get("study", [])
+    if not studies:
+        raise ValueError(f"{source}: no [[study]] tables")
+    for study in studies:
+        unknown = set(study) - {"name", "encoder", "weighting", "workers", "seed",
+                                "encoder_kwargs", "weighting_kwargs"}
+        if unknown:
+            raise ValueError(f"{source}: study {study.get('name')!r}: unknown key(s) "
+                             f"{', '.join(sorted(unknown))}")
+        workers = study.get("workers", {"default": ["default"]})
+        if isinstance(workers, list):
+            workers = {"+".join(workers): workers}
+        grid = itertools.product(
+            _as_list(study.get("encoder", base.get("encoder", "pase+"))),
+            list(workers.items()),
+            _as_list(study.get("weighting", base.get("weighting", "equal"))),
+            _as_list(study.get("seed", base.get("seed", 0))),
+        )
+        for encoder, (wname, wlist), weighting, seed in grid:
+            name = _slug(f"{study.get('name', 'study')}-{encoder}-{wname}-{weighting}-s{seed}")
+            if name in names:
+                continue  # the same run requested by two studies is trained once
+            names.add(name)
+            options = {**base, "encoder": encoder, "workers": list(wlist),
+                       "weighting": weighting, "seed": seed,
+                       "store": list(stores["pretrain"]), "out": str(out / "runs" / name)}
+            for key in ("encoder_kwargs", "weighting_kwargs"):
+                if key in study:
+                    options[key] = {**base.get(key, {}), **study[key]}
+            runs.append(Run(name, PretrainConfig.from_dict(options, f"{source}: {name}")))
+    return Sweep(
+        pretrain_stores=list(stores["pretrain"]), probe_stores=dict(stores["probe"]),
+        runs=runs, probe=probe, baselines=baselines,
+        pretrain_splits=stores.get("pretrain_splits"),
+    )
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> tuple[Sweep, Path]:
+    """Read a sweep file; the output folder defaults to ``sweeps/<file stem>``."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such sweep file")
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    out_dir = Path(out) if out is not None else Path(data.get("out", f"sweeps/{path.stem}"))
+    return parse_sweep(data, out_dir, str(path)), out_dir
+
+
+def probe_specs(sweep: Sweep, out: Path) -> Iterator[tuple[str, str]]:
+    """(report name, embedder spec) of every probe: each run's encoder, then baselines."""
+    for run in sweep.runs:
+        yield run.name, str(out / "runs" / run.name / "encoder.pt")
+    for baseline in sweep.baselines:
+        if baseline == "random":
+            seen: set[str] = set()
+            for run in sweep.runs:
+                key = json.dumps([run.config.encoder, run.config.encoder_kwargs], sort_keys=True)
+                if key not in seen:  # one random baseline per architecture
+                    seen.add(key)
+                    yield (f"random-{run.name}",
+                           "random:" + str(out / "runs" / run.name / "encoder.pt"))
+        else:
+            yield _slug(baseline), baseline
+
+
+def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool = True,
+              echo: Callable[[str], None] = print) -> Path:
+    """Pre-train every run (resuming unfinished ones, skipping finished ones), probe every
+    encoder and baseline on every probe store (skipping finished reports), and write
+    ``comparison.md``. Returns its path."""
+    from trainer.embed import clip_embeddings
+    from trainer.pretrain import CHECKPOINT, ENCODER, pretrain
+    from trainer.probe import ProbeConfig, run_probe
+    from trainer.report import compare, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    for k, run in enumerate(sweep.runs, 1):
+        folder = Path(run.config.out)
+        if (folder / ENCODER).exists():
+            echo(f"[{k}/{len(sweep.runs)}] {run.name}: pre-trained already")
+            continue
+        run.config.device = device if run.config.device == "auto" else run.config.device
+        if sweep.pretrain_splits is not None:
+            run.config.splits = list(sweep.pretrain_splits)
+        resume = (folder / CHECKPOINT).exists()
+        echo(f"[{k}/{len(sweep.runs)}] {run.name}: {'resuming' if resume else 'pre-training'}"
+             f" ({run.config.steps} steps)")
+        pretrain(run.config, resume=resume, progress=progress)
+    probe_cfg = dict(sweep.probe)
+    pooling = probe_cfg.pop("pooling", "mean+std")
+    crop_seconds = probe_cfg.pop("crop_seconds", 10.0)
+    config = ProbeConfig(**{**probe_cfg, "device": probe_cfg.get("device", device)})
+    results = []
+    for store_name, store_path in sweep.probe_stores.items():
+        for name, spec in probe_specs(sweep, out):
+            report_dir = out / "reports" / name / _slug(store_name)
+            results.append(report_dir / "result.json")
+            if results[-1].exists():
+                echo(f"probe {name} on {store_name}: done already")
+                continue
+            echo(f"probe {name} on {store_name}")
+            emb = clip_embeddings(spec, store_path, pooling=pooling, device=device,
+                                  crop_seconds=crop_seconds, progress=progress)
+            result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
+            write_report(report_dir, result, meta={
+                "name": name, "encoder": spec, "encoder_key": emb.key, "store": store_path,
+                "store_name": store_name, "pooling": pooling, "crop_seconds": crop_seconds,
+            }, embeddings=(emb.X, emb.labels))
+    table = compare(results)
+    path = out / "comparison.md"
+    path.write_text(table + "\n")
+    return path
