@@ -177,6 +177,18 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_until_quiet(max_wait: float, threshold: float = 0.3, window: float = 2.0) -> float:
+    """Wait (at most ``max_wait`` seconds) until the machine's other processes keep fewer
+    than ``threshold`` cores busy over ``window`` seconds; return the last such load."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        b0 = busy_cpu_seconds()
+        time.sleep(window)
+        load = (busy_cpu_seconds() - b0) / window
+        if load < threshold or time.perf_counter() >= deadline:
+            return load
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout

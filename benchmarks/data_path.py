@@ -11,9 +11,14 @@ plus the waveform is read by ``trainer.data.CropDataset`` at the training shape 
   a strided window view per array: no per-sample index array) that returns the same bytes.
 - (b) ``batch``: ``CropDataset.batch`` (draw + gather + ``to_batch``: float32 conversion
   and normalisation on the CPU); ``to_batch`` alone, and an in-place variant of it.
-- (c) ``cache="ram"``: (a) and (b) from arrays copied into process memory.
+- (c) ``cache="ram"``: (a) and (b) as ``CropDataset(cache="ram")`` holds the arrays
+  (the script reports whether they are private copies or still the memory maps), and
+  from a real RAM copy (``np.array`` of every map, swapped into the data set).
 - (d) ``Prefetcher``: its background thread feeds a consumer that does nothing;
-  delivered batches per second.
+  delivered batches per second (CPU of both threads).
+- (e) what a CUDA run pays on the CPU: the gather plus the copy into host staging
+  buffers that ``to_batch(pin=True)``'s ``pin_memory()`` makes (ordinary reused buffers
+  here: no GPU), against a sliced gather written straight into the staging buffers.
 
 Every figure is given per wall second and per CPU second (``time.process_time`` of this
 process; one thread, so CPU seconds are core-seconds): on a shared machine the CPU
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -127,22 +133,36 @@ class Runs:
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self.load: list[float] = []
+        self.faults: list[int] = []
 
     def time(self, fn: Callable[[int], Any], first_step: int) -> None:
         self.load.append(os.getloadavg()[0])
+        f0 = minor_faults()
         w0, c0 = time.perf_counter(), time.process_time()
         for k in range(self.n):
             fn(first_step + k)
         self.wall.append(time.perf_counter() - w0)
         self.cpu.append(time.process_time() - c0)
-
-    def add(self, wall: float, cpu: float) -> None:
-        self.load.append(os.getloadavg()[0])
-        self.wall.append(wall)
-        self.cpu.append(cpu)
+        self.faults.append(minor_faults() - f0)
 
     def per_batch_ms(self, which: str) -> list[float]:
         return [1000 * s / self.n for s in getattr(self, which)]
+
+
+def _maps_file(x: np.ndarray) -> bool:
+    """Whether ``x`` is (a view of) a memory map of a file."""
+    import mmap
+
+    while x is not None:
+        if isinstance(x, np.memmap | mmap.mmap):
+            return True
+        x = getattr(x, "base", None)
+    return False
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of mapped or new pages)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def spread(xs: list[float], fmt: str) -> str:
@@ -162,13 +182,14 @@ def rate_row(name: str, runs: Runs, raw_bytes: int, audio_seconds: float) -> lis
         f"{statistics.median(per_cpu) * audio_seconds:,.0f}",
         f"{statistics.median(per_cpu) * raw_bytes / 1e9:.2f}",
         f"{statistics.median(per_s) * raw_bytes / 1e9:.2f}",
+        f"{statistics.median(runs.faults) / runs.n:,.0f}",
         f"{statistics.median(runs.load):.1f}",
     ]
 
 
 HEADER = ["measurement", "wall ms/batch", "CPU ms/batch", "batches/s (wall)",
           "batches/s per core (CPU)", "audio-s/s per core", "GB/s per core", "GB/s (wall)",
-          "load"]
+          "page faults/batch", "load"]
 
 
 # --------------------------------------------------------------------------- candidates
@@ -203,12 +224,13 @@ def windowed_gather(data: Any, clips: np.ndarray, starts: np.ndarray) -> dict[st
         rows = data.clip_store[clips] == k
         local = data.clip_local[clips[rows]]
         frame0 = s.clips["frame_offset"][local] + starts[rows]
+        sample0 = s.clips["sample_offset"][local] + starts[rows] * hop
         for name, x in data._arrays[k].items():
             if name == "waveform":
                 view = np.lib.stride_tricks.as_strided(
                     x, shape=(len(x) - T * hop + 1, T * hop), strides=(x.strides[0],) * 2,
                     writeable=False)
-                out[name] = view[frame0 * hop]
+                out[name] = view[sample0]
             elif data.specs[name].rate == "frame":
                 view = np.lib.stride_tricks.as_strided(
                     x, shape=(x.shape[0] - T + 1, T, x.shape[1]),
@@ -216,6 +238,55 @@ def windowed_gather(data: Any, clips: np.ndarray, starts: np.ndarray) -> dict[st
                 out[name] = view[frame0]
             else:
                 out[name] = x[local]
+    return out
+
+
+class Staging:
+    """Reused host buffers, one per array, as a pinned-memory ring would hold them (here
+    ordinary memory: this machine has no GPU; ``pin_memory()``'s CPU work is the copy)."""
+
+    def __init__(self, raw: dict[str, np.ndarray]) -> None:
+        import torch
+
+        self.tensors = {k: torch.empty(v.shape, dtype=_torch_dtype(v.dtype))
+                        for k, v in raw.items()}
+        self.arrays = {k: t.numpy() for k, t in self.tensors.items()}
+
+    def copy_in(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
+        """What ``to_batch(pin=True)`` does on the CPU: copy each array into staging."""
+        import torch
+
+        for k, v in raw.items():
+            self.tensors[k].copy_(torch.from_numpy(v))
+        return self.tensors
+
+
+def _torch_dtype(dtype: np.dtype) -> Any:
+    import torch
+
+    return {np.dtype(np.int16): torch.int16, np.dtype(np.float16): torch.float16}[
+        np.dtype(dtype)]
+
+
+def sliced_gather_into(data: Any, clips: np.ndarray, starts: np.ndarray,
+                       out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same bytes as ``CropDataset.gather`` written straight into staging buffers
+    (one store file): per array, one ``np.concatenate(..., out=)`` of the crops' slices,
+    i.e. one block copy per crop, no index array, no intermediate batch array."""
+    T, hop = data.crop_frames, data.hop
+    s = data.stores[0]
+    local = data.clip_local[clips]
+    frame0 = (s.clips["frame_offset"][local] + starts).tolist()
+    sample0 = (s.clips["sample_offset"][local] + starts * hop).tolist()
+    for name, x in data._arrays[0].items():
+        if name == "waveform":
+            n = T * hop
+            np.concatenate([x[a:a + n] for a in sample0], out=out[name].reshape(-1))
+        elif data.specs[name].rate == "frame":
+            np.concatenate([x[f:f + T] for f in frame0],
+                           out=out[name].reshape(-1, x.shape[1]))
+        else:
+            np.take(x, local, axis=0, out=out[name])
     return out
 
 
@@ -288,7 +359,11 @@ def main() -> None:
         f"{out_bytes / 1e6:.1f} MB as float32")
     win = windowed_gather(data, *draws(0, 1)[0])
     same = all(np.array_equal(win[k], raw[k]) for k in raw)
-    lines.append(f"Windowed gather returns the same arrays as CropDataset.gather: {same}")
+    staging = Staging(raw)
+    win = sliced_gather_into(data, *draws(0, 1)[0], staging.arrays)
+    same_into = all(np.array_equal(win[k], raw[k]) for k in raw)
+    lines.append(f"Windowed gather returns the same arrays as CropDataset.gather: {same}; "
+                 f"sliced into staging buffers: {same_into}")
 
     n, reps = args.batches, args.repeat
     results: dict[str, Runs] = {}
@@ -327,29 +402,25 @@ def main() -> None:
         feeder = Prefetcher(d, seed=0, start_step=first, batch_size=B, depth=depth)
         try:
             feeder.get(first)  # thread start and the first batch
-            w0, c0 = time.perf_counter(), time.process_time()
-            runs.load.append(os.getloadavg()[0])
-            for k in range(1, n + 1):
-                feeder.get(first + k)
-            runs.wall.append(time.perf_counter() - w0)
-            runs.cpu.append(time.process_time() - c0)
+            runs.time(lambda s: feeder.get(s), first + 1)
         finally:
             feeder.close()
 
-    def plan_of(d: CropDataset, where: str) -> list[tuple[str, Callable[[str], None]]]:
+    def plan_of(d: CropDataset, where: str, a: str = "(a)", b: str = "(b)"
+                ) -> list[tuple[str, Callable[[str], None]]]:
         return [
-            (f"(a) gather [{where}]",
+            (f"{a} gather [{where}]",
              lambda name: measure(name, pre_drawn(d.gather), raw_bytes)),
-            (f"(a) gather, waveform only [{where}]",
+            (f"{a} gather, waveform only [{where}]",
              lambda name: measure(name, pre_drawn(lambda c, s: gather_subset(
                  d, c, s, ["waveform"])), wave_bytes)),
-            (f"(a) gather, targets only [{where}]",
+            (f"{a} gather, targets only [{where}]",
              lambda name: measure(name, pre_drawn(lambda c, s: gather_subset(
                  d, c, s, names)), raw_bytes - wave_bytes)),
-            (f"(a') windowed gather [{where}]",
+            (f"{a[:2]}') windowed gather [{where}]",
              lambda name: measure(name, pre_drawn(lambda c, s: windowed_gather(d, c, s)),
                                   raw_bytes)),
-            (f"(b) batch() [{where}]",
+            (f"{b} batch() [{where}]",
              lambda name: measure(name, lambda first: (lambda s: d.batch(0, s, B)),
                                   raw_bytes)),
         ]
@@ -360,13 +431,31 @@ def main() -> None:
         ("(b') to_batch, in place",
          lambda name: measure(name, to_batch_of(data, True), raw_bytes)),
         ("(d) Prefetcher [memmap], delivered", lambda name: prefetch(name, data, 4)),
+        ("(e) gather + copy into staging (pin_memory's CPU work)",
+         lambda name: measure(name, pre_drawn(lambda c, s: staging.copy_in(data.gather(c, s))),
+                              raw_bytes)),
+        ("(e') sliced gather into staging (concatenate out=)",
+         lambda name: measure(name, pre_drawn(
+             lambda c, s: sliced_gather_into(data, c, s, staging.arrays)), raw_bytes)),
     ]
     if not args.no_ram:
         t0 = time.perf_counter()
         ram = CropDataset(store, names, T, cache="ram")
-        lines.append(f"cache='ram' copy of the store: {time.perf_counter() - t0:.1f} s")
-        plan += [(f"(c) {name[4:]}", fn) for name, fn in plan_of(ram, "ram")]
-        plan.append(("(d) Prefetcher [ram], delivered", lambda name: prefetch(name, ram, 4)))
+        held = ("still memory maps of the file: no copy was made"
+                if _maps_file(ram._arrays[0]["waveform"]) else "private copies")
+        lines.append(f"cache='ram': {time.perf_counter() - t0:.1f} s to open; its arrays are "
+                     f"{held}")
+        plan += [p for p in plan_of(ram, "cache='ram'", "(c)", "(c)")
+                 if "only" not in p[0] and "windowed" not in p[0]]
+        # A real RAM copy (what cache="ram" is meant to hold): the arrays copied into
+        # process memory, swapped into a memmap-backed data set.
+        t0 = time.perf_counter()
+        copy = CropDataset(store, names, T)
+        copy._arrays = [{k: np.array(v) for k, v in a.items()} for a in copy._arrays]
+        lines.append(f"RAM copy made with np.array: {time.perf_counter() - t0:.1f} s")
+        plan += plan_of(copy, "RAM copy", "(c)", "(c)")
+        plan.append(("(d) Prefetcher [RAM copy], delivered",
+                     lambda name: prefetch(name, copy, 4)))
     for r in range(reps):  # interleaved, so a slow phase of the machine hits every row
         for name, run in plan:
             run(name)

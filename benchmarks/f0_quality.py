@@ -307,7 +307,7 @@ def pure_tones(track: dict[str, Tracker]) -> list[list[str]]:
     t = np.arange(3 * SR) / SR
     for name, fn in track.items():
         cells = [name]
-        for f in (110.0, 440.0, 1000.0):
+        for f in (55.0, 110.0, 440.0, 1000.0):
             f0, voiced = fn((0.5 * np.sin(2 * np.pi * f * t)).astype(np.float32))
             v = (f0 > 0) if voiced is None else (voiced & (f0 > 0))
             cells.append(f"{np.median(f0[v]):.1f} ({100 * v.mean():.0f}% voiced)"
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
                                for m in ("mono", "poly")])
                            for t in inst_names]] for _, name, _, _ in INSTRUMENTS]), ""]
     sections += ["## Pure sine tones: median voiced estimate (Hz)", "",
-                 table(["tracker", "110 Hz", "440 Hz", "1000 Hz"], pure_tones(track)), ""]
+                 table(["tracker", "55 Hz", "110 Hz", "440 Hz", "1000 Hz"], pure_tones(track)),
+                 ""]
     text = "\n".join(["# f0_quality", "", benchlib.machine_line(), "", *sections])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

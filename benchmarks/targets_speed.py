@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     benchlib.add_clip_args(parser, 10)
     parser.add_argument("--no-pyin", action="store_true",
                         help="skip librosa.pyin (about 12 s per clip)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="before each clip, wait up to this many seconds for the machine's "
+                             "other processes to drop below 0.3 busy cores")
     parser.add_argument("--out", type=Path, default=benchlib.CACHE / "targets_speed.md",
                         help="also write the report here")
     args = parser.parse_args(argv)
@@ -290,8 +293,10 @@ def main(argv: list[str] | None = None) -> None:
             f"CQT {CQT_BINS} bins (librosa.cqt)": lambda: fr.cqt(CQT_BINS, 12, CQT_FMIN),
         }
 
+    loads = []
     for k, y in enumerate([warm, *timed]):
         record = k > 0
+        loads.append(benchlib.wait_until_quiet(args.quiet_wait))
         print(f"clip {k}/{len(timed)}{' (warm-up)' if not record else ''}: {paths[k]}",
               file=sys.stderr, flush=True)
 
@@ -362,7 +367,9 @@ def main(argv: list[str] | None = None) -> None:
         benchlib.machine_line(), "",
         f"{len(timed)} timed clips of {CLIP_SECONDS:.0f} s at {SAMPLE_RATE} Hz, hop {HOP} "
         f"(after 1 warm-up clip), CPU ms per clip, median; one thread. x real time = "
-        "audio-seconds per CPU-second per core.", "",
+        "audio-seconds per CPU-second per core. Other processes kept "
+        f"{min(loads):.2f}-{max(loads):.2f} cores busy just before each clip "
+        f"(after waiting up to {args.quiet_wait:.0f} s for quiet).", "",
         "## Per target", "",
         table(["target", "dims", "rate", "library", "default", "ms alone", "x RT alone",
                "ms in order (default run)", "ms marginal in default set", "x RT marginal"],

@@ -162,7 +162,7 @@ class CropDataset:
         arrays: dict[str, Any] = {"waveform": s.waveform}
         arrays.update({n: s.targets[n] for n in self.target_names})
         if cache == "ram":
-            arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+            arrays = {k: np.array(v) for k, v in arrays.items()}
         elif cache == "device":
             arrays = {k: torch.from_numpy(np.array(v)).to(self.device)
                       for k, v in arrays.items()}
@@ -201,16 +201,16 @@ class CropDataset:
             if not rows.any():
                 continue
             local = self.clip_local[clips[rows]]
-            frame0 = s.clips["frame_offset"][local] + starts[rows]
-            sample0 = s.clips["sample_offset"][local] + starts[rows] * hop
-            index = {
-                "frame": frame0[:, None] + np.arange(T),
-                "sample": sample0[:, None] + np.arange(T * hop),
+            first = {
+                "frame": s.clips["frame_offset"][local] + starts[rows],
+                "sample": s.clips["sample_offset"][local] + starts[rows] * hop,
                 "clip": local,
             }
             for name, x in self._arrays[k].items():
                 rate = "sample" if name == "waveform" else self.specs[name].rate
-                idx = index[rate]
+                idx = first[rate]
+                if rate != "clip":  # one index per crop into a view of every crop window
+                    x = _windows(x, T * hop if rate == "sample" else T)
                 pieces[name].append(x[torch.from_numpy(idx).to(self.device)] if on_device
                                     else x[idx])
         join = torch.cat if on_device else np.concatenate
@@ -224,11 +224,15 @@ class CropDataset:
                 t = t.pin_memory()
             return t.to(self.device, non_blocking=True)
 
-        wave = move(raw["waveform"]).float() / 32768.0
+        def fresh_float(x: Any) -> torch.Tensor:  # a float32 tensor safe to modify in place
+            t = move(x)
+            return t.float() if t.dtype != torch.float32 else t.clone()
+
+        wave = fresh_float(raw["waveform"]).div_(32768.0)
         targets = {}
         for name in self.target_names:
             mean, std = self._norm[name]
-            targets[name] = (move(raw[name]).float() - mean) / std
+            targets[name] = fresh_float(raw[name]).sub_(mean).div_(std)
         return Batch(wave, targets, torch.from_numpy(clips).to(self.device))
 
     def batch(self, seed: int, step: int, batch_size: int, rank: int = 0,
@@ -237,6 +241,18 @@ class CropDataset:
         rng = np.random.default_rng([seed, step, rank])
         clips, starts = self.draw(rng, batch_size)
         return self.to_batch(self.gather(clips, starts), clips, pin)
+
+
+def _windows(x: Any, n: int) -> Any:
+    """A read-only view of every window of ``n`` consecutive rows of ``x``:
+    shape ``(len(x) - n + 1, n, *x.shape[1:])``, no copy. Indexing it with one start per
+    crop gathers whole crops (a 1-D index instead of a (B, n) one)."""
+    if isinstance(x, torch.Tensor):
+        return x.as_strided((x.shape[0] - n + 1, n, *x.shape[1:]),
+                            (x.stride(0), *x.stride()))
+    return np.lib.stride_tricks.as_strided(
+        x, (x.shape[0] - n + 1, n, *x.shape[1:]), (x.strides[0], *x.strides), writeable=False
+    )
 
 
 class Prefetcher:

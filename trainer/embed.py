@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -271,17 +272,25 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     Parameters
     ----------
     spec : str
-        A path to an ``encoder.pt`` (:func:`trainer.load_encoder`; key = sha1 of the
-        file's bytes); ``random:<encoder name>`` (:func:`trainer.encoders.build_encoder`
-        with ``encoder_kwargs`` (default: none, the encoder's defaults), initialised
-        after ``torch.manual_seed(seed)`` in a forked RNG, eval mode; key = sha1 of the
-        name, keyword arguments and seed); or ``mfcc-stats`` (the store's ``mfcc`` rows).
+        One of
+
+        * a path to an ``encoder.pt`` (:func:`trainer.load_encoder`); key: sha1 of the
+          file's bytes;
+        * ``random:<encoder name>``: :func:`trainer.encoders.build_encoder` with
+          ``encoder_kwargs`` (default: the encoder's defaults), initialised after
+          ``torch.manual_seed(seed)`` (in a forked RNG: the caller's random state is left
+          alone), eval mode; key: sha1 of (``random:<name>``, keyword arguments, seed);
+        * ``random:<path to encoder.pt>``: the same for the architecture recorded in that
+          file (its encoder name and keyword arguments; its weights are not used), so its
+          key equals that of ``random:<name>`` with those arguments;
+        * ``mfcc-stats``: the store's ``mfcc`` rows (key ``mfcc-stats-v1``).
     seed : int
         Initialisation seed of ``random:`` encoders.
     device : str or torch.device
         Where the encoder is put when it is first used (``auto``: CUDA if available).
     encoder_kwargs : dict, optional
-        Constructor arguments of a ``random:`` encoder (a smaller configuration).
+        Constructor arguments of a ``random:<encoder name>`` encoder (a smaller
+        configuration).
 
     Returns
     -------
@@ -291,7 +300,8 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     Raises
     ------
     ValueError
-        An unknown encoder name after ``random:``.
+        An unknown encoder name after ``random:``, a file that is not an encoder file, or
+        ``encoder_kwargs`` with ``random:<path>``.
     FileNotFoundError
         A path that does not exist.
     """
@@ -301,13 +311,20 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     if spec == MFCC_STATS:
         return MfccStatsEmbedder()
     if spec.startswith("random:"):
-        name = spec.split(":", 1)[1]
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r} in {spec!r}; known encoders: "
-                             f"{', '.join(sorted(ENCODERS))}")
-        kwargs = dict(encoder_kwargs or {})
-        key = hashlib.sha1(json.dumps([spec, kwargs, int(seed)], sort_keys=True,
-                                      default=list).encode()).hexdigest()
+        target = spec.split(":", 1)[1]
+        sample_rate = 16000
+        if target in ENCODERS:
+            name, kwargs = target, dict(encoder_kwargs or {})
+        elif os.path.exists(target):
+            if encoder_kwargs:
+                raise ValueError(f"{spec}: the architecture comes from the encoder file; "
+                                 "encoder_kwargs cannot change it")
+            name, kwargs, sample_rate = _architecture_of(target)
+        else:
+            raise ValueError(f"{spec!r}: {target!r} is neither a known encoder "
+                             f"({', '.join(sorted(ENCODERS))}) nor an encoder file")
+        key = hashlib.sha1(json.dumps([f"random:{name}", _full_config(name, kwargs),
+                                       int(seed)], sort_keys=True).encode()).hexdigest()
 
         def build() -> nn.Module:
             with torch.random.fork_rng(devices=[]):
@@ -315,7 +332,7 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
                 enc = build_encoder(name, **kwargs)
             return enc.to(dev)
 
-        return EncoderEmbedder(spec, key, build)
+        return EncoderEmbedder(spec, key, build, sample_rate=sample_rate)
     if not os.path.exists(spec):
         raise FileNotFoundError(
             f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>' or "
@@ -327,6 +344,29 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
         return load_encoder(spec, device=dev)
 
     return EncoderEmbedder(spec, _sha1_file(spec), load)
+
+
+def _full_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every constructor argument of encoder ``name`` built with ``kwargs`` (defaults
+    filled in, tuples as lists), so that equal architectures get equal keys. Built on the
+    meta device: no memory, no random draws."""
+    from trainer.encoders import build_encoder
+
+    with torch.device("meta"):
+        enc = build_encoder(name, **kwargs)
+    config = enc.config() if hasattr(enc, "config") else kwargs
+    return json.loads(json.dumps(config))
+
+
+def _architecture_of(path: str) -> tuple[str, dict[str, Any], int]:
+    """Encoder name, keyword arguments and sample rate recorded in an ``encoder.pt``."""
+    from trainer.pretrain import ENCODER_FORMAT
+
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
+        raise ValueError(f"{path}: not an encoder file of format {ENCODER_FORMAT}")
+    kwargs = json.loads(json.dumps(payload["kwargs"]))  # tuples as lists, like config()
+    return str(payload["encoder"]), kwargs, int(payload["sample_rate"])
 
 
 # ---------------------------------------------------------------------------- clip embeddings
@@ -533,7 +573,10 @@ def clip_embeddings(spec: str | Embedder, store_path: str | os.PathLike[str], *,
     if X is None:
         X = _compute(embedder, store, pooling, dev, batch_size, crop_seconds, progress)
         if cache:
-            _write_cache(path, X, ids, identity, embedder, pooling, crop_seconds)
+            try:
+                _write_cache(path, X, ids, identity, embedder, pooling, crop_seconds)
+            except OSError as e:  # a read-only folder: the result is still good
+                warnings.warn(f"{path}: embeddings not cached ({e})", stacklevel=2)
     return Embeddings(
         ids=ids, X=X, labels=[str(v) for v in c["label"].tolist()],
         splits=[str(v) for v in c["split"].tolist()],

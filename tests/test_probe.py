@@ -1,0 +1,273 @@
+"""The downstream probe on synthetic embeddings with known answers.
+
+Features are Gaussian clusters per class plus noise dimensions (a real signal), pure noise
+(no signal) or sums of per-tag directions (tagging). A small grid keeps the file fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.probe import ProbeConfig, carve_valid, make_folds, run_probe
+
+FAST = dict(lrs=(1e-3, 1e-2), weight_decays=(0.0, 1e-3), epochs=40, patience=10,
+            hidden=64, batch_size=128, seeds=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny matrices: one thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def clusters(
+    n: int = 400,
+    n_classes: int = 4,
+    signal_dims: int = 8,
+    noise_dims: int = 8,
+    separation: float = 4.0,
+    seed: int = 0,
+    weights: list[float] | None = None,
+) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """Class clusters (unit noise around centres ``separation`` apart) plus noise dims.
+
+    Returns X, labels, splits (about 60 / 20 / 20 by group) and groups of 4 clips, every
+    group of one class (like the clips of one song).
+    """
+    rng = np.random.default_rng(seed)
+    n_groups = n // 4
+    group_class = rng.choice(n_classes, n_groups, p=weights)
+    y = np.repeat(group_class, 4)
+    centres = rng.normal(size=(n_classes, signal_dims))
+    centres *= separation / np.linalg.norm(centres, axis=1, keepdims=True)
+    X = np.concatenate(
+        [centres[y] + rng.normal(size=(n, signal_dims)), rng.normal(size=(n, noise_dims))], 1
+    ).astype(np.float32)
+    group_split = rng.choice(["train", "valid", "test"], n_groups, p=[0.6, 0.2, 0.2])
+    return (X, [f"class{k}" for k in y], np.repeat(group_split, 4).tolist(),
+            [f"song{g}" for g in np.repeat(np.arange(n_groups), 4)])
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def test_near_perfect_on_well_separated_clusters() -> None:
+    X, labels, splits, groups = clusters(separation=8.0)
+    result = run_probe(X, labels, splits, groups, ProbeConfig(**FAST))
+    assert result.task == "classification" and result.metric == "accuracy"
+    assert result.classes == ["class0", "class1", "class2", "class3"]
+    assert result.summary["accuracy"]["mean"] >= 0.98
+    assert result.summary["macro_f1"]["mean"] >= 0.98
+    assert result.majority["accuracy"] < 0.45
+    assert len(result.per_seed) == 2
+    for seed in result.per_seed:
+        assert set(seed["chosen"]) == {"lr", "weight_decay", "epochs"}
+        assert seed["chosen"]["lr"] in FAST["lrs"]
+        assert 1 <= seed["chosen"]["epochs"] <= FAST["epochs"]
+        assert len(seed["grid"]) == 4
+        assert seed["valid"] == max(g["valid"] for g in seed["grid"])
+    assert result.n_train + result.n_valid + result.n_test == 400
+
+
+def test_beats_the_majority_class_by_a_wide_margin_on_noisy_signal() -> None:
+    # unbalanced classes, overlapping clusters and as many noise dims as signal dims
+    X, labels, splits, groups = clusters(
+        n=600, separation=3.0, noise_dims=16, weights=[0.4, 0.3, 0.2, 0.1], seed=1)
+    for classifier in ("mlp", "linear"):
+        result = run_probe(X, labels, splits, groups,
+                           ProbeConfig(classifier=classifier, **FAST))
+        acc = result.summary["accuracy"]["mean"]
+        assert acc >= result.majority["accuracy"] + 0.3, (classifier, acc, result.majority)
+
+
+def test_pure_noise_is_near_chance() -> None:
+    X, labels, splits, groups = clusters(n=800, seed=2)
+    X = np.random.default_rng(5).normal(size=X.shape).astype(np.float32)
+    result = run_probe(X, labels, splits, groups, ProbeConfig(**FAST))
+    assert result.summary["accuracy"]["mean"] < 0.42  # chance is 0.25 for 4 balanced classes
+
+
+def test_deterministic_for_a_seed() -> None:
+    X, labels, splits, groups = clusters(separation=3.0, seed=3)
+    config = ProbeConfig(**{**FAST, "seeds": 1, "epochs": 15})
+    first = run_probe(X, labels, splits, groups, config).to_dict()
+    second = run_probe(X, labels, splits, groups, config).to_dict()
+    assert first == second
+
+
+def test_unlabeled_clips_are_dropped_for_classification() -> None:
+    X, labels, splits, groups = clusters(separation=8.0)
+    labels = [label if i % 5 else "" for i, label in enumerate(labels)]
+    result = run_probe(X, labels, splits, groups, ProbeConfig(**{**FAST, "seeds": 1}))
+    assert result.n_train + result.n_valid + result.n_test == 400 - 80
+    assert result.summary["accuracy"]["mean"] >= 0.95
+
+
+def test_valid_set_carved_from_train_when_missing() -> None:
+    X, labels, splits, groups = clusters(separation=8.0)
+    splits = ["train" if s == "valid" else s for s in splits]
+    n_train = splits.count("train")
+    result = run_probe(X, labels, splits, groups, ProbeConfig(**{**FAST, "seeds": 1}))
+    assert result.n_valid > 0
+    assert result.n_train + result.n_valid == n_train
+    assert result.n_valid % 4 == 0  # whole groups of 4
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def test_make_folds_never_leaks_a_group() -> None:
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 9, 60)
+    groups = [f"g{g}" for g, size in enumerate(sizes) for _ in range(size)]
+    groups += [""] * 7  # ungrouped clips are groups of their own
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    folds = make_folds(groups, 5, seed=0)
+    assert len(folds) == 5
+    tested = np.concatenate([test for _, test in folds])
+    assert sorted(tested.tolist()) == list(range(len(groups)))  # each clip tested once
+    for train, test in folds:
+        assert len(np.intersect1d(train, test)) == 0
+        assert len(train) + len(test) == len(groups)
+        named_train = {groups[i] for i in train if groups[i]}
+        named_test = {groups[i] for i in test if groups[i]}
+        assert not named_train & named_test
+    test_sizes = [len(test) for _, test in folds]
+    assert max(test_sizes) - min(test_sizes) <= 8  # balanced to within the largest group
+    again = make_folds(groups, 5, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    other = make_folds(groups, 5, seed=1)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other, strict=True))
+
+
+def test_make_folds_rejects_impossible_k() -> None:
+    with pytest.raises(ValueError, match="k >= 2"):
+        make_folds(["a", "b"], 1)
+    with pytest.raises(ValueError, match="at least 3 groups"):
+        make_folds(["a", "a", "b"], 3)
+
+
+def test_carve_valid_is_grouped_and_keeps_every_class_in_train() -> None:
+    groups = [f"g{i // 3}" for i in range(90)]
+    y = np.repeat(np.arange(30) % 3, 3)
+    y[-3:] = 3  # class 3 lives in a single group: it must stay in train
+    Y = np.eye(4, dtype=int)[y]
+    train, valid = carve_valid(np.arange(90), groups, Y, fraction=0.3, seed=0)
+    assert len(valid) == 27  # 30 % of 30 groups of 3
+    assert sorted(np.concatenate([train, valid]).tolist()) == list(range(90))
+    assert not {groups[i] for i in train} & {groups[i] for i in valid}
+    assert (Y[train].sum(axis=0) > 0).all()
+    with pytest.raises(ValueError, match="single group"):
+        carve_valid(np.arange(3), groups, Y, seed=0)
+
+
+def test_kfold_probe_reports_every_fold_and_their_mean() -> None:
+    X, labels, _, groups = clusters(n=300, separation=8.0, seed=4)
+    config = ProbeConfig(**{**FAST, "folds": 3, "seeds": 1, "epochs": 25})
+    result = run_probe(X, labels, None, groups, config)
+    assert result.folds == 3 and result.n_test == 300
+    seed = result.per_seed[0]
+    assert len(seed["folds"]) == 3
+    assert sum(f["n_test"] for f in seed["folds"]) == 300
+    for fold in seed["folds"]:
+        assert fold["n_train"] + fold["n_valid"] + fold["n_test"] == 300
+        assert fold["test"]["accuracy"] >= 0.95
+    mean = np.mean([f["test"]["accuracy"] for f in seed["folds"]])
+    assert seed["test"]["accuracy"] == pytest.approx(mean)
+    assert np.sum(seed["test"]["confusion"]) == 300
+    assert result.summary["accuracy"]["mean"] == pytest.approx(mean)
+    assert 0.0 < result.majority["accuracy"] < 0.5
+
+
+# --------------------------------------------------------------------------- tagging
+
+
+def tags(n: int = 500, n_tags: int = 5, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Each tag present with probability 0.3; X = sum of the tags' directions + noise."""
+    rng = np.random.default_rng(seed)
+    Y = rng.random((n, n_tags)) < 0.3
+    directions = 3.0 * rng.normal(size=(n_tags, 16)) / 4.0
+    X = (Y @ directions + rng.normal(size=(n, 16))).astype(np.float32)
+    names = [f"tag{k}" for k in range(n_tags)]
+    labels = [";".join(name for name, on in zip(names, row, strict=True) if on) for row in Y]
+    return X, labels
+
+
+def test_tagging_on_synthetic_multilabel_data() -> None:
+    X, labels = tags()
+    assert any(";" in label for label in labels) and "" in labels
+    splits = ["train"] * 300 + ["valid"] * 100 + ["test"] * 100
+    result = run_probe(X, labels, splits, None, ProbeConfig(**FAST))
+    assert result.task == "tagging" and result.metric == "roc_auc_macro"
+    assert result.classes == [f"tag{k}" for k in range(5)]
+    assert result.n_train + result.n_valid + result.n_test == 500  # untagged clips kept
+    assert result.summary["roc_auc_macro"]["mean"] >= 0.9
+    assert result.summary["pr_auc_macro"]["mean"] > result.majority["pr_auc_macro"] + 0.3
+    assert result.majority["roc_auc_macro"] == pytest.approx(0.5)
+    assert set(result.per_seed[0]["test"]["per_class"]) == set(result.classes)
+
+
+def test_tagging_can_be_forced_on_single_tag_labels() -> None:
+    X, labels, splits, groups = clusters(separation=8.0)
+    result = run_probe(X, labels, splits, groups,
+                       ProbeConfig(**{**FAST, "seeds": 1, "task": "tagging"}))
+    assert result.task == "tagging"
+    assert result.summary["roc_auc_macro"]["mean"] >= 0.98
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_error_on_unlabeled_store() -> None:
+    X, _, splits, groups = clusters(n=40)
+    with pytest.raises(ValueError, match="no labels"):
+        run_probe(X, [""] * 40, splits, groups, ProbeConfig(**FAST))
+
+
+def test_error_on_a_single_class() -> None:
+    X, _, splits, groups = clusters(n=40)
+    with pytest.raises(ValueError, match="single class"):
+        run_probe(X, ["rock"] * 40, splits, groups, ProbeConfig(**FAST))
+
+
+def test_error_on_a_test_class_missing_from_train() -> None:
+    X, labels, splits, groups = clusters(n=200)
+    labels = ["newclass" if s == "test" and i % 2 else label
+              for i, (label, s) in enumerate(zip(labels, splits, strict=True))]
+    with pytest.raises(ValueError, match="labels missing from a split.*newclass"):
+        run_probe(X, labels, splits, groups, ProbeConfig(**FAST))
+
+
+def test_error_on_nan_features() -> None:
+    X, labels, splits, groups = clusters(n=40)
+    X[7, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        run_probe(X, labels, splits, groups, ProbeConfig(**FAST))
+
+
+def test_error_without_a_test_split_asks_for_folds() -> None:
+    X, labels, _, groups = clusters(n=40)
+    with pytest.raises(ValueError, match="folds"):
+        run_probe(X, labels, ["train"] * 40, groups, ProbeConfig(**FAST))
+
+
+def test_error_on_mismatched_or_unknown_input() -> None:
+    X, labels, splits, groups = clusters(n=40)
+    with pytest.raises(ValueError, match="39 labels for 40 clips"):
+        run_probe(X, labels[:-1], splits, groups, ProbeConfig(**FAST))
+    with pytest.raises(ValueError, match="unknown split"):
+        run_probe(X, labels, ["holdout"] * 40, groups, ProbeConfig(**FAST))
+    with pytest.raises(ValueError, match="task='classification'"):
+        run_probe(X, ["a;b"] + labels[1:], splits, groups,
+                  ProbeConfig(**{**FAST, "task": "classification"}))
+    with pytest.raises(ValueError, match="classifier"):
+        ProbeConfig(classifier="svm")
+    with pytest.raises(ValueError, match="folds"):
+        ProbeConfig(folds=1)

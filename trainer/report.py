@@ -1,0 +1,407 @@
+"""Reports of probe results: a JSON record, a plain-language summary, figures, and tables.
+
+:func:`write_report` writes one probe run to a folder::
+
+    result.json     everything: meta (encoder, store, pooling, probe config), every seed's
+                    metrics, the summary over seeds, the majority baseline
+    summary.md      the task, the clip counts, mean ± std over seeds against the baseline
+    confusion.png   row-normalised confusion matrix (classification only)
+    per_class.png   per-class F1 (classification) or ROC-AUC (tagging), mean ± std over seeds
+    projection.png  2-D PCA (or t-SNE) of the clip embeddings coloured by label (if given)
+
+:func:`compare` turns several ``result.json`` files into one Markdown table in the style of
+the paper's tables: one row per run, grouped by store, best first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.probe import MAIN_METRIC, SCALAR_METRICS, ProbeResult
+
+__all__ = ["RESULT_FORMAT", "compare", "load_result", "write_report"]
+
+RESULT_FORMAT = "trainer-probe-result/1"
+_METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro-F1",
+    "roc_auc_macro": "ROC-AUC",
+    "pr_auc_macro": "PR-AUC",
+}
+_METRIC_ORDER = ("accuracy", "macro_f1", "roc_auc_macro", "pr_auc_macro")
+_MAX_LEGEND = 10  # labels coloured individually in the projection; the rest are "other"
+_MAX_POINTS = 5000  # clips drawn in the projection (a seeded subsample beyond)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types from numpy values, paths, tuples and dataclass-like objects."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        obj = float(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _jsonable(asdict(obj))
+    return str(obj)
+
+
+def _run_name(meta: dict[str, Any], fallback: str) -> str:
+    """The name a run goes by in tables: ``name``, else the encoder spec, else ``fallback``."""
+    for key in ("name", "encoder_spec", "encoder", "spec"):
+        value = meta.get(key)
+        if isinstance(value, dict):
+            value = value.get("spec") or value.get("name")
+        if value:
+            return str(value)
+    return fallback
+
+
+def _store_name(meta: dict[str, Any]) -> str:
+    for key in ("store", "store_path"):
+        if meta.get(key):
+            return str(meta[key])
+    return "?"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_confusion(result: ProbeResult, path: Path) -> None:
+    """Confusion counts summed over seeds, each row divided by its total."""
+    plt = _pyplot()
+    counts = np.sum([s["test"]["confusion"] for s in result.per_seed], axis=0).astype(float)
+    rows = counts.sum(axis=1, keepdims=True)
+    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    n = len(result.classes)
+    size = min(4 + 0.45 * n, 24)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), result.classes, rotation=90 if n > 6 else 0)
+    ax.set_yticks(range(n), result.classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion (rows normalised), {len(result.per_seed)} seed(s)")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_per_class(result: ProbeResult, path: Path) -> None:
+    """Horizontal bars: per-class F1 or ROC-AUC, mean over seeds with std error bars."""
+    plt = _pyplot()
+    key = "f1" if result.task == "classification" else "roc_auc"
+    names, means, stds = [], [], []
+    for c in result.classes:
+        values = [s["test"]["per_class"][c][key] for s in result.per_seed]
+        values = [v for v in values if v is not None]
+        if values:
+            names.append(c)
+            means.append(float(np.mean(values)))
+            stds.append(float(np.std(values)))
+    fig, ax = plt.subplots(figsize=(7, min(2 + 0.3 * max(len(names), 1), 30)))
+    y = np.arange(len(names))
+    ax.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=2)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    if key == "roc_auc":
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("ROC-AUC" if key == "roc_auc" else "F1")
+    ax.set_title(f"Per-class {'ROC-AUC' if key == 'roc_auc' else 'F1'} on test "
+                 f"(mean ± std over {len(result.per_seed)} seed(s))")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _projection_2d(X: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """2-D coordinates of the z-scored rows of ``X`` by PCA or t-SNE."""
+    X = np.asarray(X, dtype=np.float64)
+    std = X.std(axis=0)
+    X = (X - X.mean(axis=0)) / np.where(std > 1e-12, std, 1.0)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (len(X) - 1) / 3)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca",
+                    random_state=seed).fit_transform(X)
+    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    coords = X @ vt[:2].T
+    if coords.shape[1] < 2:
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    return coords
+
+
+def _plot_projection(
+    X: np.ndarray, labels: Sequence[str], path: Path, method: str, title: str
+) -> None:
+    plt = _pyplot()
+    X = np.asarray(X)
+    labels = [str(v).strip() for v in labels]
+    if X.ndim != 2 or len(X) != len(labels):
+        raise ValueError(f"embeddings: X {X.shape} does not match {len(labels)} labels")
+    idx = np.arange(len(X))
+    if len(idx) > _MAX_POINTS:
+        idx = np.sort(np.random.default_rng(0).choice(len(X), _MAX_POINTS, replace=False))
+    # multi-label clips are coloured by their first tag
+    shown = [labels[i].split(";")[0].strip() or "(unlabeled)" for i in idx]
+    top = [name for name, _ in Counter(shown).most_common(_MAX_LEGEND)]
+    shown = [s if s in top else "(other)" for s in shown]
+    coords = _projection_2d(X[idx], method)
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    cmap = plt.get_cmap("tab10")
+    groups = sorted(set(shown), key=lambda s: (s.startswith("("), s))
+    for k, name in enumerate(groups):
+        mask = np.array([s == name for s in shown])
+        colour = "lightgrey" if name.startswith("(") else cmap(k % 10)
+        ax.scatter(coords[mask, 0], coords[mask, 1], s=8, alpha=0.7, color=colour,
+                   label=f"{name} ({int(mask.sum())})")
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _pct(stats: dict[str, float] | None) -> str:
+    if not stats:
+        return "—"
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+
+
+def _pct1(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def _summary_md(result: ProbeResult, meta: dict[str, Any], name: str) -> str:
+    n_seeds = len(result.per_seed)
+    metrics = SCALAR_METRICS[result.task]
+    main = MAIN_METRIC[result.task]
+    if result.task == "classification":
+        what = f"single-label classification into {len(result.classes)} classes"
+        baseline = "always predicting the most frequent training class"
+    else:
+        what = f"multi-label tagging with {len(result.classes)} tags"
+        baseline = "scoring every clip with the training tag frequencies (chance ranking)"
+    cfg = result.config
+    lines = [f"# Probe: {name}", ""]
+    lines.append(f"- **Task**: {what}.")
+    for label, key in (("Encoder", "encoder"), ("Encoder key", "encoder_key"),
+                       ("Store", "store"), ("Store hash", "store_hash"),
+                       ("Pooling", "pooling")):
+        value = meta.get(key)
+        if key == "store" and not value:
+            value = meta.get("store_path")
+        if value:
+            lines.append(f"- **{label}**: `{value}`")
+    if result.folds:
+        lines.append(
+            f"- **Clips**: {result.n_test} labeled clips in a grouped {result.folds}-fold "
+            f"cross-validation (per fold about {result.n_train} train and {result.n_valid} "
+            "validation clips); every clip is tested once per seed."
+        )
+    else:
+        lines.append(
+            f"- **Clips**: {result.n_train} train, {result.n_valid} validation, "
+            f"{result.n_test} test."
+        )
+    if cfg:
+        grid = f"{len(cfg.get('lrs', []))} learning rates x {len(cfg.get('weight_decays', []))} "
+        lines.append(
+            f"- **Probe**: {cfg.get('classifier')} on frozen embeddings; {grid}weight decays "
+            f"swept, model chosen on validation {_METRIC_NAMES[main].lower()}, scored once on "
+            f"test; {n_seeds} seed(s)."
+        )
+    lines += ["", "| Metric | Probe, mean ± std over seeds (%) | Majority baseline (%) |",
+              "|---|---|---|"]
+    for m in metrics:
+        lines.append(f"| {_METRIC_NAMES[m]} | {_pct(result.summary.get(m))} | "
+                     f"{_pct1(result.majority.get(m))} |")
+    s = result.summary.get(main)
+    if s:
+        base = result.majority.get(main)
+        lines += ["", (
+            f"In plain words: the probe reaches a {_METRIC_NAMES[main]} of "
+            f"{100 * s['mean']:.1f} % (± {100 * s['std']:.1f} over {n_seeds} seed(s)), "
+            f"against {_pct1(base)} % for {baseline}."
+        )]
+    chosen = [s.get("chosen") for s in result.per_seed if s.get("chosen")]
+    if chosen:
+        lines += ["", "Chosen points: " + "; ".join(
+            f"seed {s['seed']}: lr {s['chosen']['lr']:g}, weight decay "
+            f"{s['chosen']['weight_decay']:g}, epoch {s['chosen']['epochs']}"
+            for s in result.per_seed
+        ) + "."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def write_report(
+    out_dir: str | os.PathLike[str],
+    result: ProbeResult,
+    *,
+    meta: dict[str, Any],
+    embeddings: Any = None,
+    projection: str = "pca",
+) -> Path:
+    """Write a probe result as JSON, Markdown and figures into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Created if missing; files in it with the same names are replaced.
+    result : ProbeResult
+    meta : dict
+        What was probed. Recognised keys (all optional, all kept in ``result.json``):
+        ``name`` (the run's name in tables), ``encoder`` (the encoder spec), ``encoder_key``
+        (its key or hash), ``store`` (the store path), ``store_hash``, ``store_created``,
+        ``pooling``. The probe configuration is added as ``probe_config`` unless given.
+    embeddings : tuple (X, labels) or object with ``X`` and ``labels``, optional
+        Clip embeddings ``(n, D)`` and their label strings; when given, ``projection.png``
+        shows them in two dimensions coloured by label (multi-label clips by their first
+        tag), at most 5000 clips.
+    projection : {"pca", "tsne"}
+        The 2-D projection method (t-SNE from scikit-learn is slower).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
+    if projection not in ("pca", "tsne"):
+        raise ValueError(f"projection must be 'pca' or 'tsne', got {projection!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta)
+    meta.setdefault("probe_config", result.config)
+    name = _run_name(meta, out.name)
+
+    payload = {"format": RESULT_FORMAT, "meta": meta, "result": result.to_dict()}
+    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
+    tmp = out / "result.json.tmp"
+    tmp.write_text(text + "\n")
+    tmp.replace(out / "result.json")
+
+    (out / "summary.md").write_text(_summary_md(result, meta, name))
+    if result.task == "classification":
+        _plot_confusion(result, out / "confusion.png")
+    _plot_per_class(result, out / "per_class.png")
+    if embeddings is not None:
+        if isinstance(embeddings, tuple | list):
+            X, labels = embeddings
+        else:
+            X, labels = embeddings.X, embeddings.labels
+        _plot_projection(X, labels, out / "projection.png", projection,
+                         f"{name}: clip embeddings ({projection.upper()})")
+    return out
+
+
+def load_result(path: str | os.PathLike[str]) -> tuple[ProbeResult, dict[str, Any]]:
+    """Read a ``result.json`` written by :func:`write_report` (or the folder holding it).
+
+    Returns
+    -------
+    (ProbeResult, dict)
+        The result and its meta.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "result.json"
+    data = json.loads(path.read_text())
+    if data.get("format") != RESULT_FORMAT:
+        raise ValueError(f"{path}: not a probe result of format {RESULT_FORMAT}")
+    return ProbeResult.from_dict(data["result"]), data.get("meta", {})
+
+
+def compare(result_paths: Sequence[str | os.PathLike[str]]) -> str:
+    """One Markdown table across probe runs, grouped by store, best run first.
+
+    Parameters
+    ----------
+    result_paths : sequence of path-like
+        ``result.json`` files (or folders holding one).
+
+    Returns
+    -------
+    str
+        A Markdown table: one row per run (named by ``meta["name"]``, else the encoder
+        spec, else the folder name), columns Store, Run, then mean ± std over seeds in % of
+        the metrics of the runs' tasks (Accuracy and Macro-F1 for classification, ROC-AUC
+        and PR-AUC for tagging; "—" where a run's task has no such metric), then the
+        majority baseline's main metric. Stores appear in the order first given; runs of a
+        store are sorted by their main metric (accuracy or ROC-AUC), best first.
+    """
+    runs = []
+    for i, p in enumerate(result_paths):
+        result, meta = load_result(p)
+        path = Path(p)
+        fallback = (path if path.is_dir() else path.parent).name or f"run {i}"
+        main = result.summary.get(MAIN_METRIC[result.task], {}).get("mean", -math.inf)
+        runs.append((_store_name(meta), _run_name(meta, fallback), result, main, i))
+    if not runs:
+        raise ValueError("compare() needs at least one result")
+
+    present = {m for _, _, r, _, _ in runs for m in SCALAR_METRICS[r.task]}
+    columns = [m for m in _METRIC_ORDER if m in present]
+    store_order = {s: k for k, s in reversed(list(enumerate(r[0] for r in runs)))}
+    runs.sort(key=lambda r: (store_order[r[0]], -r[3], r[4]))
+
+    header = ["Store", "Run", *(f"{_METRIC_NAMES[m]} (%)" for m in columns), "Majority (%)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    previous = None
+    for store, name, result, _, _ in runs:
+        cells = [store if store != previous else "", name]
+        for m in columns:
+            cells.append(_pct(result.summary.get(m)) if m in SCALAR_METRICS[result.task]
+                         else "—")
+        main = MAIN_METRIC[result.task]
+        cells.append(f"{_pct1(result.majority.get(main))} ({_METRIC_NAMES[main]})")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        previous = store
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,327 @@
+"""The "supervised from scratch" baseline: an encoder and a linear classifier trained end
+to end on a store's labelled training clips.
+
+What pre-training is measured against: the same encoder architecture, randomly
+initialised, trained on the downstream labels alone. The classifier sees the mean over
+time of the encoder's frames (``[B, dim, T] → [B, dim]``) and is one linear layer.
+
+* Training: random crops of ``crop_seconds`` from the ``train`` split's labelled clips
+  (every crop position equally likely, drawn from :class:`trainer.data.CropDataset`'s
+  index), AdamW at a constant learning rate, cross-entropy for single-label data,
+  binary cross-entropy (one sigmoid per class) for multi-label data; bf16 autocast on
+  CUDA.
+* Selection: every ``eval_every`` steps the ``valid`` clips are scored as test clips are
+  (below) and the (binary) cross-entropy of those clip scores is measured; the weights
+  with the lowest valid loss are kept. Without a labelled valid split the final weights
+  are kept and ``valid_loss`` is NaN.
+* Prediction: every ``test`` clip is cut into consecutive crops of ``crop_seconds`` (the
+  last, shorter one kept); its scores are the average of its crops' probabilities
+  (softmax or sigmoid), weighted by crop length.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.data import CropDataset
+from trainer.embed import crop_bounds, resolve_device
+
+
+@dataclass
+class SupervisedResult:
+    """What :func:`train_supervised` returns.
+
+    Attributes
+    ----------
+    classes : list of str
+        Column order of ``test_scores`` (sorted labels of the labelled clips).
+    test_ids : list of str
+        The test clips, in store order.
+    test_scores : np.ndarray, shape (n_test, n_classes), float32
+        Probabilities: softmax rows (single-label) or independent sigmoids (multi-label).
+    valid_loss : float
+        The selected model's valid loss (NaN without a valid split).
+    steps : int
+        The training step at which the selected model was taken.
+    """
+
+    classes: list[str]
+    test_ids: list[str]
+    test_scores: np.ndarray
+    valid_loss: float
+    steps: int
+
+
+class Classifier(nn.Module):
+    """An encoder, mean pooling over time, and one linear layer: ``wave → logits``."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(int(encoder.dim), n_classes)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """``wave [B, T * hop]`` → logits ``[B, n_classes]``."""
+        return self.head(self.encoder(wave).float().mean(dim=-1))
+
+
+def _labels_of(label: str) -> list[str]:
+    return [x for x in (s.strip() for s in label.split(";")) if x]
+
+
+def _targets(labels: Sequence[str], classes: list[str], multilabel: bool) -> np.ndarray:
+    """Class indices (single-label) or multi-hot rows (multi-label) of ``labels``."""
+    index = {c: k for k, c in enumerate(classes)}
+    if not multilabel:
+        return np.array([index[label.strip()] for label in labels], dtype=np.int64)
+    out = np.zeros((len(labels), len(classes)), dtype=np.float32)
+    for r, label in enumerate(labels):
+        for x in _labels_of(label):
+            out[r, index[x]] = 1.0
+    return out
+
+
+class _Split:
+    """The labelled clips of one split, as ``(store, clip)`` pairs, with their targets."""
+
+    def __init__(self, data: CropDataset, split: str, classes: list[str],
+                 multilabel: bool) -> None:
+        self.items: list[tuple[int, int]] = []
+        labels: list[str] = []
+        self.ids: list[str] = []
+        for k, s in enumerate(data.stores):
+            for i in range(s.n_clips):
+                if str(s.clips["split"][i]) == split and _labels_of(str(s.clips["label"][i])):
+                    self.items.append((k, i))
+                    labels.append(str(s.clips["label"][i]))
+                    self.ids.append(str(s.clips["id"][i]))
+        self.targets = _targets(labels, classes, multilabel)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _clip_crops(data: CropDataset, k: int, i: int, crop_frames: int) -> list[np.ndarray]:
+    """Consecutive crops of clip ``i`` of store ``k``, float32 in [-1, 1] (a clip shorter
+    than one frame is zero-padded to one)."""
+    s, hop = data.stores[k], data.hop
+    n = int(s.clips["n_frames"][i])
+    wave = np.asarray(s.waveform_of(i)[: n * hop], dtype=np.float32) / 32768.0
+    if n == 0:
+        wave, n = np.zeros(hop, dtype=np.float32), 1
+    return [wave[a * hop : b * hop] for a, b in crop_bounds(n, crop_frames)]
+
+
+def _predict(model: Classifier, data: CropDataset, split: _Split, crop_frames: int,
+             batch_size: int, device: torch.device, multilabel: bool) -> np.ndarray:
+    """Per-clip probabilities: crop probabilities averaged, weighted by crop length."""
+    crops: list[tuple[int, np.ndarray]] = []
+    for r, (k, i) in enumerate(split.items):
+        crops.extend((r, c) for c in _clip_crops(data, k, i, crop_frames))
+    by_length: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for r, c in crops:
+        by_length.setdefault(len(c), []).append((r, c))
+    n_classes = model.head.out_features
+    total = np.zeros((len(split), n_classes), dtype=np.float64)
+    weight = np.zeros(len(split), dtype=np.float64)
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                         enabled=device.type == "cuda"):
+        for length, items in by_length.items():
+            for b in range(0, len(items), batch_size):
+                chunk = items[b : b + batch_size]
+                wave = torch.from_numpy(np.stack([c for _, c in chunk])).to(device)
+                logits = model(wave).float()
+                prob = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+                for (r, _), p in zip(chunk, prob.cpu().numpy(), strict=True):
+                    total[r] += length * p
+                    weight[r] += length
+    return (total / np.maximum(weight, 1)[:, None]).astype(np.float32)
+
+
+def _loss(probs: np.ndarray, targets: np.ndarray, multilabel: bool) -> float:
+    """Mean cross-entropy (or binary cross-entropy) of clip probabilities."""
+    eps = 1e-7
+    p = np.clip(probs.astype(np.float64), eps, 1 - eps)
+    if multilabel:
+        t = targets.astype(np.float64)
+        return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(p)), targets]).mean())
+
+
+def train_supervised(
+    store_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    encoder: str = "pase+",
+    encoder_kwargs: dict[str, Any] | None = None,
+    steps: int = 500,
+    batch_size: int = 16,
+    crop_seconds: float = 2.0,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    multilabel: bool | None = None,
+    progress: bool = False,
+    eval_every: int | None = None,
+    weight_decay: float = 1e-4,
+) -> SupervisedResult:
+    """Train an encoder and a linear classifier from scratch on a store's train split.
+
+    Parameters
+    ----------
+    store_path : path-like, glob pattern or sequence of path-like
+        The store (or store files of one corpus); its clip table gives labels and splits.
+    encoder : str
+        Encoder name (:data:`trainer.encoders.ENCODERS`).
+    encoder_kwargs : dict, optional
+        Its constructor arguments (a smaller configuration); default: its defaults.
+    steps : int
+        Optimiser steps.
+    batch_size : int
+        Crops per step.
+    crop_seconds : float
+        Crop length for training and for the valid and test crops (whole frames).
+    lr : float
+        AdamW learning rate (constant).
+    seed : int
+        Initialisation and crop draws.
+    device : str or torch.device
+        ``auto``: CUDA when available, else CPU.
+    multilabel : bool, optional
+        Binary cross-entropy over independent classes; default: True when some clip has
+        several labels (joined by ``';'``).
+    progress : bool
+        A progress bar (stderr).
+    eval_every : int, optional
+        Steps between valid-loss measurements (default: ``steps // 10``, at least 1); the
+        last step is always measured.
+    weight_decay : float
+        AdamW weight decay.
+
+    Returns
+    -------
+    SupervisedResult
+
+    Raises
+    ------
+    ValueError
+        No labelled train clips or no labelled test clips (a store without splits);
+        several labels on a clip in single-label mode; a single class; an encoder whose
+        frame rate differs from the store's.
+    trainer.data.DataError
+        A train clip shorter than ``crop_seconds``.
+    """
+    from tqdm import tqdm
+
+    from trainer.encoders import build_encoder
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be at least 1, got {steps}, {batch_size}")
+    dev = resolve_device(device)
+    probe = CropDataset(store_path, [], 1)  # every clip: the clip table and the hop
+    hop, rate = probe.hop, probe.sample_rate
+    crop_frames = max(1, int(crop_seconds * rate) // hop)
+    where = probe.stores[0].path
+    all_labels = [str(x) for s in probe.stores for x in s.clips["label"].tolist()]
+    all_splits = [str(x) for s in probe.stores for x in s.clips["split"].tolist()]
+    labelled = [(la, sp) for la, sp in zip(all_labels, all_splits, strict=True)
+                if _labels_of(la)]
+    for needed in ("train", "test"):
+        if not any(sp == needed for _, sp in labelled):
+            raise ValueError(
+                f"{where}: no labelled clips in the {needed!r} split (the supervised "
+                f"baseline needs labelled train and test clips; give the source a 'split' "
+                f"column with train/valid/test)")
+    if multilabel is None:
+        multilabel = any(len(_labels_of(la)) > 1 for la, _ in labelled)
+    if not multilabel:
+        several = [la for la, _ in labelled if len(_labels_of(la)) > 1]
+        if several:
+            raise ValueError(f"{where}: clip label {several[0]!r} has several labels; use "
+                             "multilabel=True")
+    classes = sorted({x for la, _ in labelled for x in _labels_of(la)})
+    if len(classes) < 2 and not multilabel:
+        raise ValueError(f"{where}: a single class ({classes[0]!r}); nothing to classify")
+
+    train_data = CropDataset(store_path, [], crop_frames, splits=["train"])
+    train = _Split(probe, "train", classes, multilabel)
+    valid = _Split(probe, "valid", classes, multilabel)
+    test = _Split(probe, "test", classes, multilabel)
+    # Dataset clip index of each labelled train clip, weighted by its crop positions.
+    row_of = {(int(k), int(i)): r for r, (k, i) in enumerate(
+        zip(train_data.clip_store, train_data.clip_local, strict=True))}
+    units = np.array([row_of[item] for item in train.items], dtype=np.int64)
+    positions = (train_data.clip_frames[units] - crop_frames + 1).astype(np.float64)
+    p_units = positions / positions.sum()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(build_encoder(encoder, **(encoder_kwargs or {})), len(classes))
+    if int(model.encoder.hop) != hop:
+        raise ValueError(f"{encoder}: encoder frame rate {rate / model.encoder.hop:g} Hz does "
+                         f"not match the store's {rate / hop:g} Hz")
+    model.to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng([seed, 7])
+    eval_every = max(1, steps // 10) if eval_every is None else max(1, int(eval_every))
+    targets_t = torch.from_numpy(train.targets)
+
+    best_loss, best_step, best_state = math.inf, steps, None
+    bar = tqdm(total=steps, disable=not progress, file=sys.stderr, unit="step",
+               desc="supervised")
+    try:
+        for step in range(1, steps + 1):
+            pick = rng.choice(len(units), size=batch_size, p=p_units)
+            order = np.argsort(units[pick], kind="stable")
+            pick = pick[order]
+            clips = units[pick]
+            span = train_data.clip_frames[clips] - crop_frames + 1
+            starts = (rng.random(batch_size) * span).astype(np.int64)
+            raw = train_data.gather(clips, starts)
+            wave = torch.from_numpy(np.ascontiguousarray(raw["waveform"])).to(dev).float()
+            wave = wave / 32768.0
+            y = targets_t[torch.from_numpy(pick)].to(dev)
+            model.train()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                logits = model(wave).float()
+            loss = (F.binary_cross_entropy_with_logits(logits, y) if multilabel
+                    else F.cross_entropy(logits, y))
+            optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                warnings.warn(f"step {step}: non-finite loss; step skipped", stacklevel=2)
+                continue
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if len(valid) and (step % eval_every == 0 or step == steps):
+                probs = _predict(model, probe, valid, crop_frames, batch_size, dev, multilabel)
+                v = _loss(probs, valid.targets, multilabel)
+                if v < best_loss:
+                    best_loss, best_step = v, step
+                    best_state = copy.deepcopy(model.state_dict())
+    finally:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_loss = math.nan
+    scores = _predict(model, probe, test, crop_frames, batch_size, dev, multilabel)
+    return SupervisedResult(classes=classes, test_ids=test.ids, test_scores=scores,
+                            valid_loss=float(best_loss), steps=int(best_step))
+
+
+__all__ = ["Classifier", "SupervisedResult", "train_supervised"]
