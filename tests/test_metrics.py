@@ -63,9 +63,11 @@ def test_classification_metrics_hand_computed() -> None:
     assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     # a: P 1/2 R 1/2 F1 1/2; b: P 2/3 R 1 F1 0.8; c: never predicted, P 0 R 0 F1 0
     assert m["per_class"]["a"] == pytest.approx(
-        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
     assert m["per_class"]["b"] == pytest.approx(
-        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
+    )
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert m["n"] == 5
@@ -87,13 +89,16 @@ def test_classification_metrics_match_sklearn() -> None:
         m = classification_metrics(y, scores, [f"c{i}" for i in range(n_classes)])
         assert m["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
         assert m["macro_f1"] == pytest.approx(
-            f1_score(y, pred, average="macro", zero_division=0), abs=1e-12)
+            f1_score(y, pred, average="macro", zero_division=0), abs=1e-12
+        )
         assert m["confusion"] == confusion_matrix(y, pred, labels=range(n_classes)).tolist()
         p, r, f, s = precision_recall_fscore_support(
-            y, pred, labels=range(n_classes), zero_division=0)
+            y, pred, labels=range(n_classes), zero_division=0
+        )
         for i in range(n_classes):
             assert m["per_class"][f"c{i}"] == pytest.approx(
-                {"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]}, abs=1e-12)
+                {"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]}, abs=1e-12
+            )
 
 
 def test_macro_f1_skips_a_class_neither_present_nor_predicted() -> None:
@@ -137,12 +142,15 @@ def test_tagging_metrics_match_sklearn() -> None:
         scores = np.round(rng.normal(size=(n, n_tags)) + Y, 1)  # rounding makes ties
         m = tagging_metrics(Y, scores, [f"t{i}" for i in range(n_tags)])
         assert m["roc_auc_macro"] == pytest.approx(
-            roc_auc_score(Y, scores, average="macro"), abs=1e-12)
+            roc_auc_score(Y, scores, average="macro"), abs=1e-12
+        )
         assert m["pr_auc_macro"] == pytest.approx(
-            average_precision_score(Y, scores, average="macro"), abs=1e-12)
+            average_precision_score(Y, scores, average="macro"), abs=1e-12
+        )
         for i in range(n_tags):
             assert m["per_class"][f"t{i}"]["roc_auc"] == pytest.approx(
-                roc_auc_score(Y[:, i], scores[:, i]), abs=1e-12)
+                roc_auc_score(Y[:, i], scores[:, i]), abs=1e-12
+            )
 
 
 def test_tagging_excludes_tags_without_positives_or_negatives() -> None:
@@ -173,7 +181,8 @@ def test_roc_auc_is_batched_over_leading_axes() -> None:
         np.testing.assert_allclose(batched[g], roc_auc(Y, scores[g]))
         np.testing.assert_allclose(
             average_precision(Y, scores[g]),
-            [average_precision_score(Y[:, c], scores[g, :, c]) for c in range(3)])
+            [average_precision_score(Y[:, c], scores[g, :, c]) for c in range(3)],
+        )
 
 
 def test_tagging_metrics_reject_bad_input() -> None:

@@ -14,8 +14,15 @@ import torch
 
 from trainer.probe import ProbeConfig, carve_valid, make_folds, run_probe
 
-FAST = dict(lrs=(1e-3, 1e-2), weight_decays=(0.0, 1e-3), epochs=40, patience=10,
-            hidden=64, batch_size=128, seeds=2)
+FAST = dict(
+    lrs=(1e-3, 1e-2),
+    weight_decays=(0.0, 1e-3),
+    epochs=40,
+    patience=10,
+    hidden=64,
+    batch_size=128,
+    seeds=2,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -51,8 +58,12 @@ def clusters(
         [centres[y] + rng.normal(size=(n, signal_dims)), rng.normal(size=(n, noise_dims))], 1
     ).astype(np.float32)
     group_split = rng.choice(["train", "valid", "test"], n_groups, p=[0.6, 0.2, 0.2])
-    return (X, [f"class{k}" for k in y], np.repeat(group_split, 4).tolist(),
-            [f"song{g}" for g in np.repeat(np.arange(n_groups), 4)])
+    return (
+        X,
+        [f"class{k}" for k in y],
+        np.repeat(group_split, 4).tolist(),
+        [f"song{g}" for g in np.repeat(np.arange(n_groups), 4)],
+    )
 
 
 # --------------------------------------------------------------------------- learning
@@ -79,10 +90,10 @@ def test_near_perfect_on_well_separated_clusters() -> None:
 def test_beats_the_majority_class_by_a_wide_margin_on_noisy_signal() -> None:
     # unbalanced classes, overlapping clusters and as many noise dims as signal dims
     X, labels, splits, groups = clusters(
-        n=600, separation=3.0, noise_dims=16, weights=[0.4, 0.3, 0.2, 0.1], seed=1)
+        n=600, separation=3.0, noise_dims=16, weights=[0.4, 0.3, 0.2, 0.1], seed=1
+    )
     for classifier in ("mlp", "linear"):
-        result = run_probe(X, labels, splits, groups,
-                           ProbeConfig(classifier=classifier, **FAST))
+        result = run_probe(X, labels, splits, groups, ProbeConfig(classifier=classifier, **FAST))
         acc = result.summary["accuracy"]["mean"]
         assert acc >= result.majority["accuracy"] + 0.3, (classifier, acc, result.majority)
 
@@ -216,8 +227,9 @@ def test_tagging_on_synthetic_multilabel_data() -> None:
 
 def test_tagging_can_be_forced_on_single_tag_labels() -> None:
     X, labels, splits, groups = clusters(separation=8.0)
-    result = run_probe(X, labels, splits, groups,
-                       ProbeConfig(**{**FAST, "seeds": 1, "task": "tagging"}))
+    result = run_probe(
+        X, labels, splits, groups, ProbeConfig(**{**FAST, "seeds": 1, "task": "tagging"})
+    )
     assert result.task == "tagging"
     assert result.summary["roc_auc_macro"]["mean"] >= 0.98
 
@@ -239,9 +251,11 @@ def test_error_on_a_single_class() -> None:
 
 def test_error_on_a_test_class_missing_from_train() -> None:
     X, labels, splits, groups = clusters(n=200)
-    labels = ["newclass" if s == "test" and i % 2 else label
-              for i, (label, s) in enumerate(zip(labels, splits, strict=True))]
-    with pytest.raises(ValueError, match="labels missing from a split.*newclass"):
+    labels = [
+        "newclass" if s == "test" and i % 2 else label
+        for i, (label, s) in enumerate(zip(labels, splits, strict=True))
+    ]
+    with pytest.raises(ValueError, match=r"labels missing from a split.*newclass"):
         run_probe(X, labels, splits, groups, ProbeConfig(**FAST))
 
 
@@ -265,8 +279,13 @@ def test_error_on_mismatched_or_unknown_input() -> None:
     with pytest.raises(ValueError, match="unknown split"):
         run_probe(X, labels, ["holdout"] * 40, groups, ProbeConfig(**FAST))
     with pytest.raises(ValueError, match="task='classification'"):
-        run_probe(X, ["a;b"] + labels[1:], splits, groups,
-                  ProbeConfig(**{**FAST, "task": "classification"}))
+        run_probe(
+            X,
+            ["a;b", *labels[1:]],
+            splits,
+            groups,
+            ProbeConfig(**{**FAST, "task": "classification"}),
+        )
     with pytest.raises(ValueError, match="classifier"):
         ProbeConfig(classifier="svm")
     with pytest.raises(ValueError, match="folds"):

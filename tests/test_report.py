@@ -14,8 +14,9 @@ from trainer.probe import ProbeConfig, ProbeResult, run_probe
 from trainer.report import compare, load_result, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FAST = ProbeConfig(lrs=(1e-3, 1e-2), weight_decays=(0.0,), epochs=15, patience=5,
-                   hidden=32, seeds=2)
+FAST = ProbeConfig(
+    lrs=(1e-3, 1e-2), weight_decays=(0.0,), epochs=15, patience=5, hidden=32, seeds=2
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +31,7 @@ def one_thread() -> Iterator[None]:
 def classification() -> tuple[ProbeResult, np.ndarray, list[str]]:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 240)
-    X = (np.eye(3)[y] @ rng.normal(size=(3, 12)) * 3 + rng.normal(size=(240, 12)))
+    X = np.eye(3)[y] @ rng.normal(size=(3, 12)) * 3 + rng.normal(size=(240, 12))
     labels = [["blues", "jazz", "rock"][k] for k in y]
     splits = ["train"] * 140 + ["valid"] * 50 + ["test"] * 50
     return run_probe(X, labels, splits, None, FAST), X, labels
@@ -47,9 +48,15 @@ def tagging() -> tuple[ProbeResult, np.ndarray, list[str]]:
     return run_probe(X, labels, splits, None, FAST), X, labels
 
 
-META = {"name": "pase+ equal", "encoder": "runs/pase/encoder.pt", "encoder_key": "ab12cd",
-        "store": "stores/gtzan.h5", "store_hash": "ffee01", "store_created": "2026-01-01",
-        "pooling": "mean"}
+META = {
+    "name": "pase+ equal",
+    "encoder": "runs/pase/encoder.pt",
+    "encoder_key": "ab12cd",
+    "store": "stores/gtzan.h5",
+    "store_hash": "ffee01",
+    "store_created": "2026-01-01",
+    "pooling": "mean",
+}
 
 
 def assert_png(path: Path, min_bytes: int = 5000) -> None:
@@ -64,8 +71,7 @@ def test_classification_report_files(tmp_path: Path, classification) -> None:
     result, X, labels = classification
     out = write_report(tmp_path / "run", result, meta=META, embeddings=(X, labels))
     assert out == tmp_path / "run"
-    for name in ("result.json", "summary.md", "confusion.png", "per_class.png",
-                 "projection.png"):
+    for name in ("result.json", "summary.md", "confusion.png", "per_class.png", "projection.png"):
         assert (out / name).is_file(), name
     for name in ("confusion.png", "per_class.png", "projection.png"):
         assert_png(out / name)
@@ -84,13 +90,14 @@ def test_result_json_round_trips_with_every_seed(tmp_path: Path, classification)
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["meta"]["store_hash"] == "ffee01"
     assert data["meta"]["probe_config"]["lrs"] == [1e-3, 1e-2]
-    per_seed = data["result"]["per_seed"]
+    assert data["task"] == "classification"  # the result's fields sit at the top level
+    per_seed = data["per_seed"]
     assert len(per_seed) == 2
     for seed in per_seed:
         assert {"accuracy", "macro_f1", "confusion", "per_class"} <= set(seed["test"])
         assert set(seed["chosen"]) == {"lr", "weight_decay", "epochs"}
-    assert set(data["result"]["summary"]) >= {"accuracy", "macro_f1"}
-    assert "accuracy" in data["result"]["majority"]
+    assert set(data["summary"]) >= {"accuracy", "macro_f1"}
+    assert "accuracy" in data["majority"]
     loaded, meta = load_result(tmp_path)
     assert loaded.to_dict() == result.to_dict()
     assert meta["name"] == "pase+ equal"
@@ -107,8 +114,7 @@ def test_tagging_report_has_no_confusion(tmp_path: Path, tagging) -> None:
     assert "tagging with 4 tags" in summary and "ROC-AUC" in summary and "PR-AUC" in summary
 
 
-def test_projection_accepts_an_embeddings_object_and_tsne(tmp_path: Path,
-                                                          classification) -> None:
+def test_projection_accepts_an_embeddings_object_and_tsne(tmp_path: Path, classification) -> None:
     result, X, labels = classification
 
     class Embeddings:
@@ -121,21 +127,40 @@ def test_projection_accepts_an_embeddings_object_and_tsne(tmp_path: Path,
 
 def fake_result(path: Path, name: str, store: str, task: str, main: float) -> Path:
     if task == "classification":
-        summary = {"accuracy": {"mean": main, "std": 0.01},
-                   "macro_f1": {"mean": main - 0.05, "std": 0.02}}
+        summary = {
+            "accuracy": {"mean": main, "std": 0.01},
+            "macro_f1": {"mean": main - 0.05, "std": 0.02},
+        }
         majority = {"accuracy": 0.1, "macro_f1": 0.02}
         metric = "accuracy"
     else:
-        summary = {"roc_auc_macro": {"mean": main, "std": 0.004},
-                   "pr_auc_macro": {"mean": main / 2, "std": 0.01}}
+        summary = {
+            "roc_auc_macro": {"mean": main, "std": 0.004},
+            "pr_auc_macro": {"mean": main / 2, "std": 0.01},
+        }
         majority = {"roc_auc_macro": 0.5, "pr_auc_macro": 0.05}
         metric = "roc_auc_macro"
-    result = ProbeResult(task=task, classes=["a", "b"], metric=metric, per_seed=[],
-                         summary=summary, majority=majority, n_train=8, n_valid=2, n_test=2)
+    result = ProbeResult(
+        task=task,
+        classes=["a", "b"],
+        metric=metric,
+        per_seed=[],
+        summary=summary,
+        majority=majority,
+        n_train=8,
+        n_valid=2,
+        n_test=2,
+    )
     path.mkdir(parents=True)
-    (path / "result.json").write_text(json.dumps({
-        "format": "trainer-probe-result/1", "meta": {"name": name, "store": store},
-        "result": result.to_dict()}))
+    (path / "result.json").write_text(
+        json.dumps(
+            {
+                "format": "trainer-probe-result/1",
+                "meta": {"name": name, "store": store},
+                **result.to_dict(),
+            }
+        )
+    )
     return path / "result.json"
 
 

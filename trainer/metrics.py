@@ -118,9 +118,7 @@ def _as_scores(scores: np.ndarray, n: int, n_classes: int) -> np.ndarray:
     return scores
 
 
-def classification_metrics(
-    y: np.ndarray, scores: np.ndarray, classes: list[str]
-) -> dict[str, Any]:
+def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, confusion matrix and per-class figures of a single-label task.
 
     The prediction of a clip is the arg-max of its scores (the lowest index on ties).

@@ -42,6 +42,7 @@ Training
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -242,9 +243,7 @@ def _group_keys(groups: Sequence[str] | None, n: int) -> np.ndarray:
     return np.array([g if g else f"\0clip{i}" for i, g in enumerate(keys)], dtype=object)
 
 
-def make_folds(
-    groups: Sequence[str], k: int, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Grouped K-fold: every group's clips land in the test part of exactly one fold.
 
     Groups are dealt, largest first (random order among equal sizes), to the fold with the
@@ -390,7 +389,7 @@ def _init_params(
     gen = torch.Generator().manual_seed(seed)
     dims = [d_in, config.hidden, n_out] if config.classifier == "mlp" else [d_in, n_out]
     params = []
-    for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(dims):
         bound = 1.0 / math.sqrt(fan_in)
         w = (torch.rand(fan_in, fan_out, generator=gen) * 2 - 1) * bound
         b = (torch.rand(1, fan_out, generator=gen) * 2 - 1) * bound
@@ -480,7 +479,9 @@ class _GridAdamW:
 @torch.no_grad()
 def _logits(params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Evaluation-mode logits ``(G, n, C)``, in chunks of clips."""
-    return torch.cat([_forward(params, x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)], dim=1)
+    return torch.cat(
+        [_forward(params, x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)], dim=1
+    )
 
 
 def _score(
@@ -571,8 +572,14 @@ def _metrics(task: str, target: np.ndarray, scores: np.ndarray, classes: list[st
     return tagging_metrics(target, scores, classes)
 
 
-def _majority(task: str, Y: np.ndarray, target: np.ndarray, train: np.ndarray,
-              test: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def _majority(
+    task: str,
+    Y: np.ndarray,
+    target: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    classes: list[str],
+) -> dict[str, Any]:
     """Test metrics of scoring every test clip with the training prior."""
     prior = Y[train].mean(axis=0)
     scores = np.tile(prior, (len(test), 1))
@@ -605,15 +612,24 @@ def _fit_one(
         return torch.from_numpy(((X[idx] - mean) / std).astype(np.float32)).to(device)
 
     if task == "classification":
+
         def as_target(idx: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(target[idx].astype(np.int64)).to(device)
     else:
+
         def as_target(idx: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(target[idx].astype(np.float32)).to(device)
 
     best, grid, chosen = _train_grid(
-        to_device(train), as_target(train), to_device(valid), as_target(valid),
-        target[valid], len(classes), task, config, seed,
+        to_device(train),
+        as_target(train),
+        to_device(valid),
+        as_target(valid),
+        target[valid],
+        len(classes),
+        task,
+        config,
+        seed,
     )
     params = [p[chosen : chosen + 1] for p in best]
     test_logits = _logits(params, to_device(test))[0].double().cpu().numpy()
@@ -810,12 +826,14 @@ def run_probe(
         else:
             for f, (run, (tr, va, te)) in enumerate(zip(runs, parts, strict=True)):
                 run.update(fold=f, n_train=len(tr), n_valid=len(va), n_test=len(te))
-            per_seed.append({
-                "seed": seed,
-                "valid": float(np.mean([r["valid"] for r in runs])),
-                "test": _mean_metrics(task, [r["test"] for r in runs], classes),
-                "folds": runs,
-            })
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "valid": float(np.mean([r["valid"] for r in runs])),
+                    "test": _mean_metrics(task, [r["test"] for r in runs], classes),
+                    "folds": runs,
+                }
+            )
 
     if config.folds is None:
         majority = majorities[0]

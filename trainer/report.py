@@ -2,8 +2,10 @@
 
 :func:`write_report` writes one probe run to a folder::
 
-    result.json     everything: meta (encoder, store, pooling, probe config), every seed's
-                    metrics, the summary over seeds, the majority baseline
+    result.json     everything, one JSON object: ``format``, ``meta`` (encoder, store,
+                    pooling, probe config) and the fields of :class:`ProbeResult` at the
+                    top level (``task``, ``summary``, ``per_seed`` with every seed's
+                    metrics, ``majority``, ...)
     summary.md      the task, the clip counts, mean ± std over seeds against the baseline
     confusion.png   row-normalised confusion matrix (classification only)
     per_class.png   per-class F1 (classification) or ROC-AUC (tagging), mean ± std over seeds
@@ -36,6 +38,7 @@ _METRIC_NAMES = {
     "roc_auc_macro": "ROC-AUC",
     "pr_auc_macro": "PR-AUC",
 }
+_METRIC_PHRASE = {"accuracy": "an accuracy", "roc_auc_macro": "a macro ROC-AUC"}
 _METRIC_ORDER = ("accuracy", "macro_f1", "roc_auc_macro", "pr_auc_macro")
 _MAX_LEGEND = 10  # labels coloured individually in the projection; the rest are "other"
 _MAX_POINTS = 5000  # clips drawn in the projection (a seeded subsample beyond)
@@ -80,7 +83,7 @@ def _run_name(meta: dict[str, Any], fallback: str) -> str:
 
 
 def _store_name(meta: dict[str, Any]) -> str:
-    for key in ("store", "store_path"):
+    for key in ("store_name", "store", "store_path"):
         if meta.get(key):
             return str(meta[key])
     return "?"
@@ -116,8 +119,15 @@ def _plot_confusion(result: ProbeResult, path: Path) -> None:
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -146,8 +156,10 @@ def _plot_per_class(result: ProbeResult, path: Path) -> None:
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.legend(loc="lower right")
     ax.set_xlabel("ROC-AUC" if key == "roc_auc" else "F1")
-    ax.set_title(f"Per-class {'ROC-AUC' if key == 'roc_auc' else 'F1'} on test "
-                 f"(mean ± std over {len(result.per_seed)} seed(s))")
+    ax.set_title(
+        f"Per-class {'ROC-AUC' if key == 'roc_auc' else 'F1'} on test "
+        f"(mean ± std over {len(result.per_seed)} seed(s))"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -162,8 +174,9 @@ def _projection_2d(X: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (len(X) - 1) / 3)))
-        return TSNE(n_components=2, perplexity=perplexity, init="pca",
-                    random_state=seed).fit_transform(X)
+        return TSNE(
+            n_components=2, perplexity=perplexity, init="pca", random_state=seed
+        ).fit_transform(X)
     _, _, vt = np.linalg.svd(X, full_matrices=False)
     coords = X @ vt[:2].T
     if coords.shape[1] < 2:
@@ -183,7 +196,11 @@ def _plot_projection(
     if len(idx) > _MAX_POINTS:
         idx = np.sort(np.random.default_rng(0).choice(len(X), _MAX_POINTS, replace=False))
     # multi-label clips are coloured by their first tag
-    shown = [labels[i].split(";")[0].strip() or "(unlabeled)" for i in idx]
+    multilabel = any(";" in labels[i] for i in idx)
+    if multilabel:
+        title += " (multi-label clips by their first tag)"
+    empty = "(no tag)" if multilabel else "(unlabeled)"
+    shown = [labels[i].split(";")[0].strip() or empty for i in idx]
     top = [name for name, _ in Counter(shown).most_common(_MAX_LEGEND)]
     shown = [s if s in top else "(other)" for s in shown]
     coords = _projection_2d(X[idx], method)
@@ -193,8 +210,14 @@ def _plot_projection(
     for k, name in enumerate(groups):
         mask = np.array([s == name for s in shown])
         colour = "lightgrey" if name.startswith("(") else cmap(k % 10)
-        ax.scatter(coords[mask, 0], coords[mask, 1], s=8, alpha=0.7, color=colour,
-                   label=f"{name} ({int(mask.sum())})")
+        ax.scatter(
+            coords[mask, 0],
+            coords[mask, 1],
+            s=8,
+            alpha=0.7,
+            color=colour,
+            label=f"{name} ({int(mask.sum())})",
+        )
     ax.legend(fontsize=7, markerscale=2, loc="best")
     ax.set_title(title)
     ax.set_xticks([])
@@ -230,9 +253,13 @@ def _summary_md(result: ProbeResult, meta: dict[str, Any], name: str) -> str:
     cfg = result.config
     lines = [f"# Probe: {name}", ""]
     lines.append(f"- **Task**: {what}.")
-    for label, key in (("Encoder", "encoder"), ("Encoder key", "encoder_key"),
-                       ("Store", "store"), ("Store hash", "store_hash"),
-                       ("Pooling", "pooling")):
+    for label, key in (
+        ("Encoder", "encoder"),
+        ("Encoder key", "encoder_key"),
+        ("Store", "store"),
+        ("Store hash", "store_hash"),
+        ("Pooling", "pooling"),
+    ):
         value = meta.get(key)
         if key == "store" and not value:
             value = meta.get("store_path")
@@ -250,32 +277,45 @@ def _summary_md(result: ProbeResult, meta: dict[str, Any], name: str) -> str:
             f"{result.n_test} test."
         )
     if cfg:
-        grid = f"{len(cfg.get('lrs', []))} learning rates x {len(cfg.get('weight_decays', []))} "
+        n_lr, n_wd = len(cfg.get("lrs", [])), len(cfg.get("weight_decays", []))
         lines.append(
-            f"- **Probe**: {cfg.get('classifier')} on frozen embeddings; {grid}weight decays "
-            f"swept, model chosen on validation {_METRIC_NAMES[main].lower()}, scored once on "
-            f"test; {n_seeds} seed(s)."
+            f"- **Probe**: {cfg.get('classifier')} on frozen embeddings; a grid of {n_lr} "
+            f"learning rate(s) x {n_wd} weight decay(s), model chosen on validation "
+            f"{_METRIC_PHRASE[main].split(' ', 1)[1]}, scored once on test; {n_seeds} seed(s)."
         )
-    lines += ["", "| Metric | Probe, mean ± std over seeds (%) | Majority baseline (%) |",
-              "|---|---|---|"]
+    lines += [
+        "",
+        "| Metric | Probe, mean ± std over seeds (%) | Majority baseline (%) |",
+        "|---|---|---|",
+    ]
     for m in metrics:
-        lines.append(f"| {_METRIC_NAMES[m]} | {_pct(result.summary.get(m))} | "
-                     f"{_pct1(result.majority.get(m))} |")
+        lines.append(
+            f"| {_METRIC_NAMES[m]} | {_pct(result.summary.get(m))} | "
+            f"{_pct1(result.majority.get(m))} |"
+        )
     s = result.summary.get(main)
     if s:
         base = result.majority.get(main)
-        lines += ["", (
-            f"In plain words: the probe reaches a {_METRIC_NAMES[main]} of "
-            f"{100 * s['mean']:.1f} % (± {100 * s['std']:.1f} over {n_seeds} seed(s)), "
-            f"against {_pct1(base)} % for {baseline}."
-        )]
+        lines += [
+            "",
+            (
+                f"In plain words: the probe reaches {_METRIC_PHRASE[main]} of "
+                f"{100 * s['mean']:.1f} % (± {100 * s['std']:.1f} over {n_seeds} seed(s)), "
+                f"against {_pct1(base)} % for {baseline}."
+            ),
+        ]
     chosen = [s.get("chosen") for s in result.per_seed if s.get("chosen")]
     if chosen:
-        lines += ["", "Chosen points: " + "; ".join(
-            f"seed {s['seed']}: lr {s['chosen']['lr']:g}, weight decay "
-            f"{s['chosen']['weight_decay']:g}, epoch {s['chosen']['epochs']}"
-            for s in result.per_seed
-        ) + "."]
+        lines += [
+            "",
+            "Chosen points: "
+            + "; ".join(
+                f"seed {s['seed']}: lr {s['chosen']['lr']:g}, weight decay "
+                f"{s['chosen']['weight_decay']:g}, epoch {s['chosen']['epochs']}"
+                for s in result.per_seed
+            )
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -301,7 +341,8 @@ def write_report(
         What was probed. Recognised keys (all optional, all kept in ``result.json``):
         ``name`` (the run's name in tables), ``encoder`` (the encoder spec), ``encoder_key``
         (its key or hash), ``store`` (the store path), ``store_hash``, ``store_created``,
-        ``pooling``. The probe configuration is added as ``probe_config`` unless given.
+        ``pooling``, ``store_name`` (the store's short name in tables, else ``store``).
+        The probe configuration is added as ``probe_config`` unless given.
     embeddings : tuple (X, labels) or object with ``X`` and ``labels``, optional
         Clip embeddings ``(n, D)`` and their label strings; when given, ``projection.png``
         shows them in two dimensions coloured by label (multi-label clips by their first
@@ -322,7 +363,7 @@ def write_report(
     meta.setdefault("probe_config", result.config)
     name = _run_name(meta, out.name)
 
-    payload = {"format": RESULT_FORMAT, "meta": meta, "result": result.to_dict()}
+    payload = {"format": RESULT_FORMAT, "meta": meta, **result.to_dict()}
     text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
     tmp = out / "result.json.tmp"
     tmp.write_text(text + "\n")
@@ -337,8 +378,13 @@ def write_report(
             X, labels = embeddings
         else:
             X, labels = embeddings.X, embeddings.labels
-        _plot_projection(X, labels, out / "projection.png", projection,
-                         f"{name}: clip embeddings ({projection.upper()})")
+        _plot_projection(
+            X,
+            labels,
+            out / "projection.png",
+            projection,
+            f"{name}: clip embeddings ({projection.upper()})",
+        )
     return out
 
 
@@ -356,7 +402,7 @@ def load_result(path: str | os.PathLike[str]) -> tuple[ProbeResult, dict[str, An
     data = json.loads(path.read_text())
     if data.get("format") != RESULT_FORMAT:
         raise ValueError(f"{path}: not a probe result of format {RESULT_FORMAT}")
-    return ProbeResult.from_dict(data["result"]), data.get("meta", {})
+    return ProbeResult.from_dict(data), data.get("meta", {})
 
 
 def compare(result_paths: Sequence[str | os.PathLike[str]]) -> str:
@@ -374,8 +420,9 @@ def compare(result_paths: Sequence[str | os.PathLike[str]]) -> str:
         spec, else the folder name), columns Store, Run, then mean ± std over seeds in % of
         the metrics of the runs' tasks (Accuracy and Macro-F1 for classification, ROC-AUC
         and PR-AUC for tagging; "—" where a run's task has no such metric), then the
-        majority baseline's main metric. Stores appear in the order first given; runs of a
-        store are sorted by their main metric (accuracy or ROC-AUC), best first.
+        majority baseline's main metric. Runs are grouped by store (``meta["store_name"]``,
+        else ``meta["store"]``), stores in the order first given, and sorted within a
+        store by their main metric (accuracy or ROC-AUC), best first.
     """
     runs = []
     for i, p in enumerate(result_paths):
@@ -398,8 +445,7 @@ def compare(result_paths: Sequence[str | os.PathLike[str]]) -> str:
     for store, name, result, _, _ in runs:
         cells = [store if store != previous else "", name]
         for m in columns:
-            cells.append(_pct(result.summary.get(m)) if m in SCALAR_METRICS[result.task]
-                         else "—")
+            cells.append(_pct(result.summary.get(m)) if m in SCALAR_METRICS[result.task] else "—")
         main = MAIN_METRIC[result.task]
         cells.append(f"{_pct1(result.majority.get(main))} ({_METRIC_NAMES[main]})")
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
