@@ -33,7 +33,8 @@ def tone_corpus(folder: Path, n_clips: int = 24, seconds: float = 3.0, seed: int
         y = y + 0.002 * rng.standard_normal(n)
         name = f"clip{i:03d}.wav"
         sf.write(folder / name, (0.8 * y / np.abs(y).max()).astype(np.float32), sample_rate)
-        split = ("train", "train", "train", "valid", "test", "train")[i % 6]
+        # Every round of the six pitch classes goes to one split: each class is in each.
+        split = ("train", "train", "valid", "test")[(i // len(NOTE_NAMES)) % 4]
         rows.append({"path": name, "label": label, "split": split, "group": f"g{i // 2}"})
     path = folder / "tones.csv"
     with open(path, "w", newline="") as fh:

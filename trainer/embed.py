@@ -182,14 +182,18 @@ class EncoderEmbedder(Embedder):
         ``config()``).
     crop_seconds : float
         Longest crop that :meth:`frames` feeds the encoder at once.
+    batch_size : int
+        Crops per encoder call in :meth:`frames`.
     """
 
     def __init__(self, name: str, key: str, build: Callable[[], nn.Module], *,
-                 sample_rate: int = 16000, crop_seconds: float = 10.0) -> None:
+                 sample_rate: int = 16000, crop_seconds: float = 10.0,
+                 batch_size: int = 16) -> None:
         self.name, self.key = name, key
         self._build = build
         self._sample_rate = int(sample_rate)
         self.crop_seconds = float(crop_seconds)
+        self.batch_size = max(1, int(batch_size))
 
     @cached_property
     def encoder(self) -> nn.Module:
@@ -256,9 +260,9 @@ class EncoderEmbedder(Embedder):
         bounds = crop_bounds(n_frames, crop_frames)
         full = [b for b in bounds if b[1] - b[0] == crop_frames]
         out = []
-        if full:
-            batch = torch.stack([wave[a * hop : b * hop] for a, b in full]).to(device)
-            out.extend(self.encode(batch).cpu().numpy())
+        for k in range(0, len(full), self.batch_size):
+            batch = torch.stack([wave[a * hop : b * hop] for a, b in full[k : k + self.batch_size]])
+            out.extend(self.encode(batch.to(device)).cpu().numpy())
         if len(full) < len(bounds):
             a, b = bounds[-1]
             out.append(self.encode(wave[a * hop : b * hop][None].to(device))[0].cpu().numpy())
