@@ -30,10 +30,10 @@ The three parts (sizes at ``scale=1.0``; ``scale`` multiplies the number of clip
     separated), ``velocity``, ``seconds``.
 
 ``composers.csv`` (folder ``composers/``)
-    Excerpts (10-13 s) of real scores, labelled by composer: bach (chorales), palestrina
+    Excerpts (6-8 s) of real scores, labelled by composer: bach (chorales), palestrina
     (Kyries of different masses), monteverdi (madrigals), mozart and beethoven (string
-    quartet movements, one per quartet), four clips per composer (20 clips, about
-    3.8 minutes). ``group`` is the work (a quartet or mass as a whole, so that two
+    quartet movements, one per quartet), twelve clips per composer spread over its works
+    (60 clips, about 6.9 minutes). ``group`` is the work (a quartet or mass as a whole, so that two
     movements of one quartet can never straddle splits); splits are by group: one work
     per composer is ``test``, one ``valid``, the rest ``train``. Each excerpt starts on a
     bar line and is played by an ensemble drawn from ``seed`` (piano, organ, strings,
@@ -277,8 +277,8 @@ COMPOSER_QPM: dict[str, float] = {
 }
 """Default tempo (quarter notes per minute) of scores without a metronome mark."""
 
-COMPOSER_CLIPS = 4
-EXCERPT_SECONDS = (10.0, 13.0)
+COMPOSER_CLIPS = 12
+EXCERPT_SECONDS = (6.0, 8.0)
 
 ENSEMBLES: dict[str, tuple[int, int, int]] = {
     "piano": (0, 0, 0),

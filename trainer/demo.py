@@ -74,8 +74,9 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     )
     sweep = Sweep(
         pretrain_stores=base.store,
+        # Composer excerpts are few: grouped 5-fold over works instead of one small test set.
         probe_stores={"instruments": str(stores["instruments"]),
-                      "composers": str(stores["composers"])},
+                      "composers": {"path": str(stores["composers"]), "folds": 5}},
         runs=[Run("pase-default-equal", base)],
         probe={"seeds": seeds, "classifier": "mlp", "pooling": "mean+std"},
         baselines=["mfcc-stats", "random"], pretrain_splits=["train", ""],

@@ -8,7 +8,8 @@ more studies; each study is a grid whose every combination is one run::
     [stores]
     pretrain = ["stores/fma-*.h5"]         # pre-training data (labels unused)
     pretrain_splits = ["train", ""]        # optional: keep test clips out of pre-training
-    probe = { gtzan = "stores/gtzan.h5" }  # name -> labeled store
+    probe = { gtzan = "stores/gtzan.h5" }  # name -> labeled store, or a table with
+                                           # path and probe options: { path = ..., folds = 10 }
 
     [pretrain]                             # any PretrainConfig option, for every run
     steps = 20000
@@ -56,7 +57,7 @@ class Sweep:
     """A parsed sweep file."""
 
     pretrain_stores: list[str]
-    probe_stores: dict[str, str]
+    probe_stores: dict[str, str | dict[str, Any]]
     runs: list[Run]
     probe: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=list)
@@ -86,7 +87,7 @@ def parse_sweep(data: dict[str, Any], out: Path, source: str = "sweep") -> Sweep
     probe = dict(data.get("probe", {}))
     baselines = [str(b) for b in probe.pop("baselines", [])]
     runs: list[Run] = []
-    names: set[str] = set()
+    seen: set[str] = set()
     studies = data.get("study", [])
     if not studies:
         raise ValueError(f"{source}: no [[study]] tables")
@@ -107,15 +108,17 @@ def parse_sweep(data: dict[str, Any], out: Path, source: str = "sweep") -> Sweep
         )
         for encoder, (wname, wlist), weighting, seed in grid:
             name = _slug(f"{study.get('name', 'study')}-{encoder}-{wname}-{weighting}-s{seed}")
-            if name in names:
-                continue  # the same run requested by two studies is trained once
-            names.add(name)
             options = {**base, "encoder": encoder, "workers": list(wlist),
                        "weighting": weighting, "seed": seed,
                        "store": list(stores["pretrain"]), "out": str(out / "runs" / name)}
             for key in ("encoder_kwargs", "weighting_kwargs"):
                 if key in study:
                     options[key] = {**base.get(key, {}), **study[key]}
+            identity = json.dumps({k: v for k, v in options.items() if k != "out"},
+                                  sort_keys=True)
+            if identity in seen:
+                continue  # the same run requested by two studies is trained once
+            seen.add(identity)
             runs.append(Run(name, PretrainConfig.from_dict(options, f"{source}: {name}")))
     return Sweep(
         pretrain_stores=list(stores["pretrain"]), probe_stores=dict(stores["probe"]),
@@ -175,12 +178,14 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
         echo(f"[{k}/{len(sweep.runs)}] {run.name}: {'resuming' if resume else 'pre-training'}"
              f" ({run.config.steps} steps)")
         pretrain(run.config, resume=resume, progress=progress)
-    probe_cfg = dict(sweep.probe)
-    pooling = probe_cfg.pop("pooling", "mean+std")
-    crop_seconds = probe_cfg.pop("crop_seconds", 10.0)
-    config = ProbeConfig(**{**probe_cfg, "device": probe_cfg.get("device", device)})
     results = []
-    for store_name, store_path in sweep.probe_stores.items():
+    for store_name, entry in sweep.probe_stores.items():
+        # A probe store is a path, or a table with a path and its own probe options.
+        options = {**sweep.probe, **(entry if isinstance(entry, dict) else {"path": entry})}
+        store_path = str(options.pop("path"))
+        pooling = options.pop("pooling", "mean+std")
+        crop_seconds = options.pop("crop_seconds", 10.0)
+        config = ProbeConfig(**{**options, "device": options.get("device", device)})
         for name, spec in probe_specs(sweep, out):
             report_dir = out / "reports" / name / _slug(store_name)
             results.append(report_dir / "result.json")
