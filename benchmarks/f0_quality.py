@@ -166,6 +166,23 @@ def yin_fft(n_fft: int, threshold: float = 0.5, gate_dbfs: float | None = None) 
     return run
 
 
+def numpy_yin(threshold: float = 0.5, gate_dbfs: float | None = -60.0) -> Tracker:
+    """The vectorised YIN prototype (``yin_numpy.py``) on the shared power 1024."""
+    def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from yin_numpy import yin_from_power
+
+        fr = Frames(y, SR, HOP)
+        f0, conf = yin_from_power(fr.power(1024), SR, F0_MIN, F0_MAX)
+        voiced = (conf >= threshold) & (f0 > 0)
+        if gate_dbfs is not None:
+            import librosa
+
+            rms = librosa.feature.rms(S=fr.magnitude(1024), frame_length=1024)[0]
+            voiced &= 20 * np.log10(rms + 1e-12) >= gate_dbfs
+        return f0, voiced
+    return run
+
+
 def yin_time(size: int, threshold: float = 0.5) -> Tracker:
     def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         es = essentia_standard()
@@ -224,6 +241,7 @@ def trackers(with_pyin: bool) -> dict[str, Tracker]:
     out.update({
         "essentia PitchYinFFT 1024 (conf >= 0.5)": yin_fft(1024),
         "essentia PitchYinFFT 1024 (conf >= 0.5, RMS >= -60 dBFS)": yin_fft(1024, 0.5, -60.0),
+        "numpy YIN prototype on power 1024 (conf >= 0.5, RMS >= -60 dBFS)": numpy_yin(),
         "essentia PitchYinFFT 2048 (conf >= 0.5)": yin_fft(2048),
         "essentia PitchYin time domain 2048 (conf >= 0.5)": yin_time(2048),
         "librosa.yin 2048 (no voicing)": librosa_yin,
@@ -237,7 +255,7 @@ def trackers(with_pyin: bool) -> dict[str, Tracker]:
 
 def short_name(name: str) -> str:
     """A column title: the tracker's name without library and with its settings terse."""
-    for word in ("essentia ", "`", " target"):
+    for word in ("essentia ", "`", " target", " prototype on power 1024"):
         name = name.replace(word, "")
     return (name.replace(" (conf >= 0.5, RMS >= -60 dBFS)", " gated")
             .replace(" (conf >= 0.5)", "").replace(" (no voicing)", "")

@@ -193,6 +193,7 @@ class Alt:
 
 def alternatives(with_pyin: bool) -> list[Alt]:
     import librosa
+    from yin_numpy import yin_from_power
 
     sr = SAMPLE_RATE
     alts = [
@@ -211,6 +212,9 @@ def alternatives(with_pyin: bool) -> list[Alt]:
         Alt("F0", "librosa.yin (frame 2048)", "librosa", librosa_yin),
         Alt("F0", "PitchYinFFT on shared magnitude 1024", "essentia",
             lambda fr: yin_fft_loop(fr, 1024), "what `prosody` runs"),
+        Alt("F0", "numpy YIN prototype on shared power 1024 (yin_numpy.py)", "numpy",
+            lambda fr: yin_from_power(fr.power(1024), sr, F0_MIN, F0_MAX),
+            "vectorised: one batched irfft"),
         Alt("F0", "PitchYinFFT on magnitude 2048", "essentia", lambda fr: yin_fft_loop(fr, 2048)),
         Alt("F0", "PitchYin (time domain, frame 2048)", "essentia",
             lambda fr: yin_time_loop(fr, 2048), "O(frame^2) per frame"),

@@ -176,3 +176,22 @@ def targets(as_json: bool) -> None:
                    f"{sp['library']:>9} {sp['loss']:>4} {'yes' if sp['default'] else '':>7}  "
                    f"{sp['description']}")
         click.echo(f"{'':<10} params: {json.dumps(sp['params'])}, deltas: {sp['deltas']}")
+
+
+@main.command("demo-data")
+@click.argument("out_dir", type=click.Path())
+@click.option("--seed", default=0, show_default=True)
+@click.option("--scale", default=1.0, show_default=True,
+              help="Multiplies the number of clips (1.0: about 13 minutes of audio).")
+@_user_errors
+def demo_data(out_dir: str, seed: int, scale: float) -> None:
+    """Render the embedded demo corpus into OUT_DIR as CSV sources (no network)."""
+    from featurestore.demo import make_demo_data
+
+    try:
+        csvs = make_demo_data(out_dir, seed=seed, scale=scale)
+    except (ImportError, ValueError, RuntimeError) as e:
+        raise FeatureStoreError(str(e)) from None
+    for name, path in csvs.items():
+        click.echo(f"{name:<12} {path}")
+    click.echo(f"build a store: featurestore build {csvs['instruments']} -o stores/instruments.h5")
