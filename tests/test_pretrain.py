@@ -183,3 +183,13 @@ def test_config_file_then_command_line(tmp_path: Path) -> None:
     f.write_text("stepz = 3\n")
     with pytest.raises(ValueError, match="unknown option\\(s\\) stepz"):
         resolve_config(f, {})
+
+
+def test_validation_losses_per_worker_on_a_held_out_store(store: Path, tmp_path: Path) -> None:
+    run = pretrain(tiny(store, tmp_path / "run", steps=4, eval_every=2, valid_store=[str(store)],
+                        workers=["mfcc", "lim"]), progress=False)
+    rows = losses(run, "valid")
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:
+        assert set(r["valid"]) == {"mfcc", "lim"}
+        assert all(v > 0 for v in r["valid"].values())

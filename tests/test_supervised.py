@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,10 +14,16 @@ import torch
 from stores import NOTE_NAMES, build_store, tone_corpus
 
 import featurestore
-from trainer.supervised import train_supervised
+from trainer.metrics import classification_metrics
+from trainer.probe import ProbeConfig, ProbeResult, run_probe
+from trainer.report import compare, load_result, write_report
+from trainer.supervised import run_supervised, train_supervised
 
 TINY_PASE = {"channels": (16, 16, 32, 32, 32, 32, 32), "dim": 32, "rnn_hidden": 16,
              "sinc_filters": 16}
+#: Smaller still, for the harness tests (a few steps per seed).
+TINIER_PASE = {"channels": [8, 8, 16, 16, 16, 16, 16], "dim": 16, "rnn_hidden": 8,
+               "sinc_filters": 8}
 N_CLIPS = 48  # 8 per pitch class
 
 
@@ -110,3 +117,142 @@ def test_a_store_without_splits_is_refused(source: Path) -> None:
     with pytest.raises(ValueError, match="no labelled clips in the 'train' split"):
         train_supervised(store, encoder_kwargs=TINY_PASE, steps=1, crop_seconds=0.5,
                          device="cpu")
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+def tiny_run(store: Path, config: ProbeConfig) -> ProbeResult:
+    return run_supervised(store, config, encoder="pase+", encoder_kwargs=TINIER_PASE, steps=4,
+                          crop_seconds=0.5, device="cpu", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def two_seeds(store: Path) -> ProbeResult:
+    return tiny_run(store, ProbeConfig(seeds=2))
+
+
+def test_run_supervised_is_shaped_like_a_probe(store: Path, two_seeds: ProbeResult) -> None:
+    result = two_seeds
+    assert result.task == "classification" and result.metric == "accuracy"
+    assert result.classes == sorted(NOTE_NAMES)
+    assert (result.n_train, result.n_valid, result.n_test) == (30, 6, 12)
+    assert result.folds is None
+    assert [s["seed"] for s in result.per_seed] == [0, 1]
+    for entry in result.per_seed:
+        test = entry["test"]
+        assert set(test) == {"accuracy", "macro_f1", "confusion", "per_class", "n"}
+        assert test["n"] == 12 and np.sum(test["confusion"]) == 12
+        assert set(test["per_class"]) == set(NOTE_NAMES)
+        assert 0.0 <= entry["valid"] <= 1.0
+        assert entry["valid_loss"] > 0 and 1 <= entry["step"] <= 4
+    for metric in ("accuracy", "macro_f1"):
+        values = [s["test"][metric] for s in result.per_seed]
+        assert result.summary[metric]["mean"] == pytest.approx(np.mean(values))
+        assert result.summary[metric]["std"] == pytest.approx(np.std(values, ddof=1))
+    valid = [s["valid"] for s in result.per_seed]
+    assert result.summary["valid_accuracy"]["mean"] == pytest.approx(np.mean(valid))
+    assert json.loads(json.dumps(result.to_dict()))["per_seed"] == result.per_seed
+
+    # seed 0 is train_supervised's seed-0 run, scored by the probe's metric function
+    run = train_supervised(store, encoder="pase+", encoder_kwargs=TINIER_PASE, steps=4,
+                           crop_seconds=0.5, device="cpu", batch_size=4, seed=0)
+    s = featurestore.open_store(store)
+    truth = [str(s.clips["label"][i]) for i in range(s.n_clips) if s.clips["split"][i] == "test"]
+    expected = classification_metrics(np.array([run.classes.index(t) for t in truth]),
+                                      run.test_scores, run.classes)
+    assert result.per_seed[0]["test"] == expected
+
+    # the majority baseline is run_probe's, on the same labels and splits
+    labels = [str(x) for x in s.clips["label"].tolist()]
+    splits = [str(x) for x in s.clips["split"].tolist()]
+    X = np.random.default_rng(0).standard_normal((s.n_clips, 4))
+    probe = run_probe(X, labels, splits, None,
+                      ProbeConfig(seeds=1, classifier="linear", epochs=2, lrs=(1e-3,),
+                                  weight_decays=(0.0,)))
+    assert result.majority == probe.majority
+    assert (probe.n_train, probe.n_valid, probe.n_test) == (30, 6, 12)
+    assert set(result.summary) == set(probe.summary)
+    assert set(result.to_dict()) == set(probe.to_dict())
+
+
+def test_run_supervised_reports_and_compares(store: Path, two_seeds: ProbeResult,
+                                             tmp_path: Path) -> None:
+    sup = write_report(tmp_path / "supervised", two_seeds, meta={
+        "name": "supervised:pase+", "encoder": "supervised:pase+", "store": str(store),
+        "store_name": "pitch"}, embeddings=None)
+    for name in ("result.json", "summary.md", "confusion.png", "per_class.png"):
+        assert (sup / name).exists(), name
+    assert not (sup / "projection.png").exists()
+    loaded, meta = load_result(sup)
+    assert loaded.summary == two_seeds.summary and loaded.per_seed == two_seeds.per_seed
+    assert meta["encoder"] == "supervised:pase+"
+    summary = (sup / "summary.md").read_text()
+    assert "supervised:pase+" in summary and "frozen embeddings" not in summary
+
+    s = featurestore.open_store(store)
+    X = np.random.default_rng(1).standard_normal((s.n_clips, 4))
+    probe = run_probe(X, [str(x) for x in s.clips["label"].tolist()],
+                      [str(x) for x in s.clips["split"].tolist()], None,
+                      ProbeConfig(seeds=2, classifier="linear", epochs=2, lrs=(1e-3,),
+                                  weight_decays=(0.0,)))
+    noise = write_report(tmp_path / "noise", probe, meta={"name": "noise",
+                                                         "store_name": "pitch"})
+    table = compare([sup / "result.json", noise / "result.json"])
+    rows = [line for line in table.splitlines() if "supervised:pase+" in line]
+    assert len(rows) == 1
+    mean = 100 * two_seeds.summary["accuracy"]["mean"]
+    std = 100 * two_seeds.summary["accuracy"]["std"]
+    assert f"{mean:.1f} ± {std:.1f}" in rows[0]
+    assert f"{100 * two_seeds.majority['accuracy']:.1f} (Accuracy)" in rows[0]
+    assert sum("| noise |" in line for line in table.splitlines()) == 1
+
+
+def test_run_supervised_needs_the_store_splits(store: Path) -> None:
+    with pytest.raises(ValueError, match="train/valid/test splits"):
+        tiny_run(store, ProbeConfig(folds=3))
+
+
+def test_run_supervised_tagging_keeps_untagged_clips(source: Path) -> None:
+    """Tagging, like the probe: clips without any tag take part as all-negative clips."""
+
+    def row(i: int, r: dict[str, str]) -> dict[str, str]:
+        tags = "" if i % 6 == 5 else f"{r['label']};{'loud' if i % 4 < 2 else 'soft'}"
+        return {**r, "label": tags, "split": block_split(i)}
+
+    store = build_store(relabel(source, "tags.csv", row), source.parent.parent / "tags.h5",
+                        "onset")
+    result = tiny_run(store, ProbeConfig(seeds=1))
+    assert result.task == "tagging" and result.metric == "roc_auc_macro"
+    assert (result.n_train, result.n_valid, result.n_test) == (30, 6, 12)
+    assert set(result.summary) == {"roc_auc_macro", "pr_auc_macro", "valid_roc_auc_macro"}
+    test = result.per_seed[0]["test"]
+    assert test["n"] == 12 and set(test["per_class"]) == set(result.classes)
+    assert result.majority["roc_auc_macro"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="task='classification'"):
+        tiny_run(store, ProbeConfig(seeds=1, task="classification"))
+
+
+def test_cli_probe_supervised(store: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from trainer.cli import main
+
+    out = tmp_path / "cli-supervised"
+    args = ["probe", "--encoder", "supervised:pase+", "--store", str(store), "--out", str(out),
+            "--steps", "3", "--seeds", "2", "--crop-seconds", "0.5", "--device", "cpu",
+            "--encoder-kwargs", json.dumps(TINIER_PASE), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output
+    data = json.loads((out / "result.json").read_text())
+    assert data["meta"]["encoder"] == "supervised:pase+"
+    assert data["meta"]["probe_config"]["steps"] == 3
+    assert data["meta"]["probe_config"]["encoder_kwargs"] == TINIER_PASE
+    assert len(data["per_seed"]) == 2 and all(s["step"] <= 3 for s in data["per_seed"])
+    assert "| pitch | cli-supervised |" in compare([out])  # named by its folder, as probes are
+
+    refused = CliRunner().invoke(main, [*args[:-1], "--folds", "3"])
+    assert refused.exit_code == 1 and "splits" in refused.output
+    bad = CliRunner().invoke(main, [*args[:-3], "--encoder-kwargs", "[1]"])
+    assert bad.exit_code == 1 and "JSON object" in bad.output

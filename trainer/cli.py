@@ -106,7 +106,8 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
 
 @main.command()
 @click.option("--encoder", "spec", required=True,
-              help="encoder.pt, random:<encoder or encoder.pt>, or mfcc-stats.")
+              help="encoder.pt, random:<encoder or encoder.pt>, mfcc-stats, or "
+                   "supervised:<encoder> (trained from scratch on the store's labels).")
 @click.option("--store", required=True, type=click.Path(), help="Labeled store.")
 @click.option("--classifier", default="mlp", show_default=True,
               type=click.Choice(["linear", "mlp"]))
@@ -116,29 +117,65 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
 @click.option("--seeds", default=3, show_default=True)
 @click.option("--task", default="auto", show_default=True,
               type=click.Choice(["auto", "classification", "tagging"]))
-@click.option("--crop-seconds", default=10.0, show_default=True)
+@click.option("--crop-seconds", type=float,
+              help="Embedding crop length [10]; supervised: training crop length [2].")
+@click.option("--steps", default=500, show_default=True,
+              help="Training steps of a supervised:<encoder> baseline (only there).")
+@click.option("--encoder-kwargs", "encoder_kwargs_json",
+              help="JSON object of encoder constructor arguments, for supervised:<encoder> "
+                   "and random:<encoder name>.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Report folder.")
 @click.option("--quiet", is_flag=True)
 @_user_errors
 def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | None, seeds: int,
-          task: str, crop_seconds: float, device: str, out: str, quiet: bool) -> None:
+          task: str, crop_seconds: float | None, steps: int, encoder_kwargs_json: str | None,
+          device: str, out: str, quiet: bool) -> None:
     """Probe a frozen encoder (or a baseline) on a labeled store and write a report."""
+    import json
     from pathlib import Path
 
-    from trainer.embed import clip_embeddings
+    from trainer.embed import clip_embeddings, load_embedder
     from trainer.probe import ProbeConfig, run_probe
     from trainer.report import write_report
 
-    emb = clip_embeddings(spec, store, pooling=pooling, device=device,
-                          crop_seconds=crop_seconds, progress=not quiet)
+    encoder_kwargs = None
+    if encoder_kwargs_json is not None:
+        try:
+            encoder_kwargs = json.loads(encoder_kwargs_json)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--encoder-kwargs: not JSON ({e})") from None
+        if not isinstance(encoder_kwargs, dict):
+            raise ValueError("--encoder-kwargs: expected a JSON object")
+        if not spec.startswith(("supervised:", "random:")):
+            raise ValueError("--encoder-kwargs applies to supervised:<encoder> and "
+                             "random:<encoder> only")
     config = ProbeConfig(classifier=classifier, folds=folds, seeds=seeds, task=task,
                          device=_device(device))
-    result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
-    path = write_report(Path(out), result, meta={
-        "name": Path(out).name, "encoder": spec, "encoder_key": emb.key, "store": store,
-        "store_name": Path(store).stem, "pooling": pooling, "crop_seconds": crop_seconds,
-    }, embeddings=(emb.X, emb.labels))
+    meta: dict[str, Any] = {"name": Path(out).name, "encoder": spec, "store": store,
+                            "store_name": Path(store).stem}
+    if spec.startswith("supervised:"):
+        from trainer.supervised import run_supervised
+
+        encoder = spec.split(":", 1)[1]
+        crop = 2.0 if crop_seconds is None else crop_seconds
+        result = run_supervised(store, config, encoder=encoder, encoder_kwargs=encoder_kwargs,
+                                steps=steps, crop_seconds=crop, device=device,
+                                progress=not quiet)
+        meta.update(crop_seconds=crop, probe_config={
+            "method": "supervised", "encoder": encoder, "encoder_kwargs": encoder_kwargs or {},
+            "steps": steps, "crop_seconds": crop, "seeds": seeds, "task": task})
+        embeddings = None
+    else:
+        crop = 10.0 if crop_seconds is None else crop_seconds
+        embedder = (load_embedder(spec, device=device, encoder_kwargs=encoder_kwargs)
+                    if encoder_kwargs is not None else spec)
+        emb = clip_embeddings(embedder, store, pooling=pooling, device=device,
+                              crop_seconds=crop, progress=not quiet)
+        result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
+        meta.update(encoder_key=emb.key, pooling=pooling, crop_seconds=crop)
+        embeddings = (emb.X, emb.labels)
+    path = write_report(Path(out), result, meta=meta, embeddings=embeddings)
     click.echo((Path(out) / "summary.md").read_text())
     click.echo(f"report: {path}")
 

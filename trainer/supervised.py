@@ -17,6 +17,13 @@ time of the encoder's frames (``[B, dim, T] → [B, dim]``) and is one linear la
 * Prediction: every ``test`` clip is cut into consecutive crops of ``crop_seconds`` (the
   last, shorter one kept); its scores are the average of its crops' probabilities
   (softmax or sigmoid), weighted by crop length.
+* Clips: single-label mode uses the labelled clips of each split; multi-label mode, like
+  the probe's tagging task, also keeps a split's clips without any tag (all negatives).
+
+:func:`run_supervised` repeats the training for several seeds and scores it like the
+probe (:func:`trainer.probe.run_probe`): the same metrics, the same
+:class:`~trainer.probe.ProbeResult`, so :func:`trainer.report.write_report` and
+:func:`trainer.report.compare` take it as one more row.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +44,8 @@ from torch import Tensor, nn
 
 from trainer.data import CropDataset
 from trainer.embed import crop_bounds, resolve_device
+from trainer.metrics import encode_labels
+from trainer.probe import ProbeConfig, ProbeResult
 
 
 @dataclass
@@ -55,6 +64,10 @@ class SupervisedResult:
         The selected model's valid loss (NaN without a valid split).
     steps : int
         The training step at which the selected model was taken.
+    valid_ids : list of str
+        The valid clips, in store order (empty without a valid split).
+    valid_scores : np.ndarray, shape (n_valid, n_classes), float32
+        The selected model's probabilities on them.
     """
 
     classes: list[str]
@@ -62,6 +75,9 @@ class SupervisedResult:
     test_scores: np.ndarray
     valid_loss: float
     steps: int
+    valid_ids: list[str] = field(default_factory=list)
+    valid_scores: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
 
 class Classifier(nn.Module):
@@ -93,8 +109,15 @@ def _targets(labels: Sequence[str], classes: list[str], multilabel: bool) -> np.
     return out
 
 
+def _in_split(label: str, split: str, wanted: str, multilabel: bool) -> bool:
+    """Whether a clip takes part in split ``wanted``: labelled clips, and in multi-label
+    mode also clips without any tag (negatives for every tag, as in the probe)."""
+    return split == wanted and (multilabel or bool(_labels_of(label)))
+
+
 class _Split:
-    """The labelled clips of one split, as ``(store, clip)`` pairs, with their targets."""
+    """The clips of one split (see :func:`_in_split`), as ``(store, clip)`` pairs, with
+    their targets."""
 
     def __init__(self, data: CropDataset, split: str, classes: list[str],
                  multilabel: bool) -> None:
@@ -103,7 +126,8 @@ class _Split:
         self.ids: list[str] = []
         for k, s in enumerate(data.stores):
             for i in range(s.n_clips):
-                if str(s.clips["split"][i]) == split and _labels_of(str(s.clips["label"][i])):
+                if _in_split(str(s.clips["label"][i]), str(s.clips["split"][i]), split,
+                             multilabel):
                     self.items.append((k, i))
                     labels.append(str(s.clips["label"][i]))
                     self.ids.append(str(s.clips["id"][i]))
@@ -279,6 +303,7 @@ def train_supervised(
     targets_t = torch.from_numpy(train.targets)
 
     best_loss, best_step, best_state = math.inf, steps, None
+    best_valid = np.zeros((0, len(classes)), dtype=np.float32)
     bar = tqdm(total=steps, disable=not progress, file=sys.stderr, unit="step",
                desc="supervised")
     try:
@@ -311,7 +336,7 @@ def train_supervised(
                 probs = _predict(model, probe, valid, crop_frames, batch_size, dev, multilabel)
                 v = _loss(probs, valid.targets, multilabel)
                 if v < best_loss:
-                    best_loss, best_step = v, step
+                    best_loss, best_step, best_valid = v, step, probs
                     best_state = copy.deepcopy(model.state_dict())
     finally:
         bar.close()
@@ -321,7 +346,152 @@ def train_supervised(
         best_loss = math.nan
     scores = _predict(model, probe, test, crop_frames, batch_size, dev, multilabel)
     return SupervisedResult(classes=classes, test_ids=test.ids, test_scores=scores,
-                            valid_loss=float(best_loss), steps=int(best_step))
+                            valid_loss=float(best_loss), steps=int(best_step),
+                            valid_ids=valid.ids if best_state is not None else [],
+                            valid_scores=best_valid)
 
 
-__all__ = ["Classifier", "SupervisedResult", "train_supervised"]
+def run_supervised(
+    store_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    config: ProbeConfig | None = None,
+    *,
+    encoder: str = "pase+",
+    encoder_kwargs: dict[str, Any] | None = None,
+    steps: int = 500,
+    crop_seconds: float = 2.0,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+) -> ProbeResult:
+    """The supervised-from-scratch baseline over seeds, scored and shaped like a probe.
+
+    For each seed ``0 .. config.seeds - 1`` :func:`train_supervised` trains the encoder and
+    its linear head on the store's ``train`` split (model chosen by valid loss); its test
+    probabilities are scored with the probe's metric functions. The result has the fields
+    and keys of :func:`trainer.probe.run_probe`'s (``summary``: mean and std with
+    ``ddof=1`` over seeds; ``majority``: the training prior scored on test), so
+    :func:`trainer.report.write_report` and :func:`trainer.report.compare` take it
+    unchanged. Each ``per_seed`` entry holds ``seed``, ``valid`` (the selected model's
+    valid accuracy or macro ROC-AUC; ``None`` without a valid split), ``test``, and
+    ``valid_loss`` and ``step`` (the step whose weights were kept) instead of the
+    probe's ``chosen`` and ``grid``. ``config`` is empty (no probe was trained): record
+    the training settings in the report's meta.
+
+    Parameters
+    ----------
+    store_path : path-like, glob pattern or sequence of path-like
+        A labelled store with train / (valid) / test splits.
+    config : ProbeConfig, optional
+        Used: ``seeds``, ``task`` and ``folds`` (which must be ``None``); the probe's grid,
+        classifier and device are not.
+    encoder, encoder_kwargs, steps, crop_seconds, device, progress, batch_size, lr
+        As in :func:`train_supervised`.
+
+    Returns
+    -------
+    ProbeResult
+
+    Raises
+    ------
+    ValueError
+        ``config.folds`` set (supervised training uses the store's splits only), labels
+        holding several tags with ``task="classification"``, labels in test or valid that
+        train lacks, and whatever :func:`train_supervised` refuses.
+    """
+    from trainer.probe import (
+        MAIN_METRIC,
+        _check_coverage,
+        _majority,
+        _metrics,
+        _plain,
+        _summary,
+    )
+
+    config = config or ProbeConfig()
+    if config.folds is not None:
+        raise ValueError(
+            f"folds={config.folds}: the supervised baseline trains on the store's "
+            "train/valid/test splits and cannot run a k-fold cross-validation; give the "
+            "store a 'split' column (or probe it without folds)")
+    table = CropDataset(store_path, [], 1)
+    labels = [str(x).strip() for s in table.stores for x in s.clips["label"].tolist()]
+    splits = [str(x) for s in table.stores for x in s.clips["split"].tolist()]
+    ids = [str(x) for s in table.stores for x in s.clips["id"].tolist()]
+    if not any(labels):
+        raise ValueError(f"{table.stores[0].path}: no labels: every clip is unlabeled; the "
+                         "supervised baseline needs labels")
+    multilabel_labels = any(";" in label for label in labels)
+    task = config.task
+    if task == "auto":
+        task = "tagging" if multilabel_labels else "classification"
+    elif task == "classification" and multilabel_labels:
+        raise ValueError("labels hold ';' (several tags per clip) but task='classification'")
+    multilabel = task == "tagging"
+
+    # The clips train_supervised uses, in its (store) order, with the probe's encoding.
+    keep = np.array([_in_split(la, sp, sp, multilabel) and sp in ("train", "valid", "test")
+                     for la, sp in zip(labels, splits, strict=True)], dtype=bool)
+    rows = np.flatnonzero(keep)
+    kept_labels = [labels[r] for r in rows]
+    kept_splits = np.array([splits[r] for r in rows], dtype=object)
+    kept_ids = [ids[r] for r in rows]
+    if multilabel:
+        Y_all, classes = encode_labels(kept_labels, multilabel=True)
+        target, Y = Y_all, Y_all.astype(np.int64)
+    else:
+        target, classes = encode_labels(kept_labels, multilabel=False)
+        if len(classes) < 2:
+            raise ValueError(f"a single class ({classes[0]!r}): classification needs at "
+                             "least two classes")
+        Y = np.eye(len(classes), dtype=np.int64)[target]
+    train, valid, test = (np.flatnonzero(kept_splits == name)
+                          for name in ("train", "valid", "test"))
+    if not len(train) or not len(test):
+        missing = "train" if not len(train) else "test"
+        raise ValueError(
+            f"{table.stores[0].path}: no labeled {missing} clips; the supervised baseline "
+            "needs the store's train/valid/test splits")
+    _check_coverage(Y, train, test, "test", classes)
+    _check_coverage(Y, train, valid, "valid", classes)
+    majority = _majority(task, Y, target, train, test, classes)
+
+    per_seed = []
+    for seed in range(config.seeds):
+        run = train_supervised(
+            store_path, encoder=encoder, encoder_kwargs=encoder_kwargs, steps=steps,
+            batch_size=batch_size, crop_seconds=crop_seconds, lr=lr, seed=seed,
+            device=device, multilabel=multilabel, progress=progress)
+        column = [run.classes.index(c) for c in classes]  # the probe's class order
+        if run.test_ids != [kept_ids[i] for i in test]:
+            raise RuntimeError("supervised test clips differ from the store's test split")
+        valid_score = None
+        if len(run.valid_ids):
+            if run.valid_ids != [kept_ids[i] for i in valid]:
+                raise RuntimeError("supervised valid clips differ from the store's valid split")
+            valid_score = _metrics(task, target[valid], run.valid_scores[:, column],
+                                   classes)[MAIN_METRIC[task]]
+        per_seed.append({
+            "seed": seed,
+            "valid": valid_score,
+            "test": _metrics(task, target[test], run.test_scores[:, column], classes),
+            "valid_loss": run.valid_loss if math.isfinite(run.valid_loss) else None,
+            "step": run.steps,
+        })
+
+    return ProbeResult(
+        task=task,
+        classes=list(classes),
+        metric=MAIN_METRIC[task],
+        per_seed=_plain(per_seed),
+        summary=_summary(task, per_seed),
+        majority=_plain(majority),
+        n_train=len(train),
+        n_valid=len(valid),
+        n_test=len(test),
+        folds=None,
+        config={},
+    )
+
+
+__all__ = ["Classifier", "SupervisedResult", "run_supervised", "train_supervised"]

@@ -185,14 +185,40 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
         store_path = str(options.pop("path"))
         pooling = options.pop("pooling", "mean+std")
         crop_seconds = options.pop("crop_seconds", 10.0)
+        supervised_steps = int(options.pop("supervised_steps", 500))
+        supervised_crop = float(options.pop("supervised_crop_seconds", 2.0))
         config = ProbeConfig(**{**options, "device": options.get("device", device)})
         for name, spec in probe_specs(sweep, out):
             report_dir = out / "reports" / name / _slug(store_name)
+            if spec.startswith("supervised:") and config.folds is not None:
+                echo(f"probe {name} on {store_name}: skipped (supervised training needs "
+                     f"the store's splits, not {config.folds} folds)")
+                continue
             results.append(report_dir / "result.json")
             if results[-1].exists():
                 echo(f"probe {name} on {store_name}: done already")
                 continue
             echo(f"probe {name} on {store_name}")
+            if spec.startswith("supervised:"):
+                from trainer.supervised import run_supervised
+
+                encoder = spec.split(":", 1)[1]
+                # the architecture the sweep pre-trains under that name, else its defaults
+                kwargs = next((dict(run.config.encoder_kwargs or {}) for run in sweep.runs
+                               if run.config.encoder == encoder), {})
+                result = run_supervised(store_path, config, encoder=encoder,
+                                        encoder_kwargs=kwargs, steps=supervised_steps,
+                                        crop_seconds=supervised_crop, device=device,
+                                        progress=progress)
+                write_report(report_dir, result, meta={
+                    "name": name, "encoder": spec, "store": store_path,
+                    "store_name": store_name, "crop_seconds": supervised_crop,
+                    "probe_config": {"method": "supervised", "encoder": encoder,
+                                     "encoder_kwargs": kwargs, "steps": supervised_steps,
+                                     "crop_seconds": supervised_crop, "seeds": config.seeds,
+                                     "task": config.task},
+                }, embeddings=None)
+                continue
             emb = clip_embeddings(spec, store_path, pooling=pooling, device=device,
                                   crop_seconds=crop_seconds, progress=progress)
             result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
