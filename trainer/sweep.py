@@ -18,7 +18,9 @@ more studies; each study is a grid whose every combination is one run::
     seeds = 3
     classifier = "mlp"
     pooling = "mean+std"
-    baselines = ["mfcc-stats", "random"]   # "random" = each encoder with random weights
+    baselines = ["mfcc-stats", "random"]   # "random" = each encoder with random weights;
+                                           # "supervised:pase+" trains one from scratch
+                                           # (supervised_steps, supervised_crop_seconds)
 
     [[study]]
     name = "weighting"
