@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -148,6 +149,13 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def default_partition_size(n_clips: int) -> int:
+    """Clips per partition when none is given: at least 8 tasks for small corpora (so that
+    every worker of a small cluster stays busy to the end), at most 16 clips per task.
+    A function of the manifest alone, so that a rerun finds the same shards."""
+    return max(1, min(16, math.ceil(n_clips / 8)))
+
+
 def partitions(clips: Sequence[Clip], size: int) -> list[list[Clip]]:
     """Consecutive groups of ``size`` clips (the last may be shorter)."""
     return [list(clips[i : i + size]) for i in range(0, len(clips), size)]
@@ -231,7 +239,7 @@ def build(
     workers: int | None = None,
     scheduler: str | None = None,
     executor: cf.Executor | None = None,
-    partition_size: int = 16,
+    partition_size: int | None = None,
     max_seconds: float = 600.0,
     min_seconds: float = 0.5,
     hours_per_file: float | None = None,
@@ -261,8 +269,8 @@ def build(
     executor : concurrent.futures.Executor, optional
         Any executor to run the partitions on (a Dask ``client.get_executor()``, a process
         pool, ...); overrides ``workers`` and ``scheduler``.
-    partition_size : int
-        Clips per task and per shard file.
+    partition_size : int, optional
+        Clips per task and per shard file (default :func:`default_partition_size`).
     max_seconds, min_seconds : float
         Longer files become several clips; shorter ones are skipped as errors.
     hours_per_file : float, optional
@@ -280,7 +288,7 @@ def build(
     output = Path(output)
     if output.suffix != ".h5":
         raise FeatureStoreError(f"{output}: the store name must end in .h5")
-    if partition_size < 1:
+    if partition_size is not None and partition_size < 1:
         raise FeatureStoreError(f"partition size must be at least 1, got {partition_size}")
     if hours_per_file is not None and not hours_per_file > 0:
         raise FeatureStoreError(f"hours per file must be positive, got {hours_per_file}")
@@ -312,8 +320,11 @@ def build(
         # The files record partition ranges: add targets with the partitions they hold.
         recorded = open_store(existing_files[0]).attrs.get("partition_size")
         if recorded is not None and int(recorded) != partition_size:
-            notes.append(f"partition size {int(recorded)} of the existing files used")
+            if partition_size is not None:
+                notes.append(f"partition size {int(recorded)} of the existing files used")
             partition_size = int(recorded)
+    if partition_size is None:
+        partition_size = default_partition_size(len(clips))
     config = ExtractConfig(
         targets=tuple(new), sample_rate=sample_rate, hop=hop, max_seconds=max_seconds,
         min_seconds=min_seconds, with_waveform=not existing_files,

@@ -52,8 +52,8 @@ def main() -> None:
 @click.option("--hop", default=160, show_default=True, type=int, help="Samples per frame.")
 @click.option("--workers", type=int, help="Local Dask worker processes [all cores].")
 @click.option("--scheduler", help="Run on an existing Dask cluster (tcp://host:8786).")
-@click.option("--partition-size", default=16, show_default=True, type=int,
-              help="Clips per task and shard.")
+@click.option("--partition-size", type=int,
+              help="Clips per task and shard [ceil(clips / 8), at most 16].")
 @click.option("--max-seconds", default=600.0, show_default=True,
               help="Longer files become several clips.")
 @click.option("--min-seconds", default=0.5, show_default=True,
@@ -63,7 +63,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def build(source: str, output: str, layout: str, targets: str, sample_rate: int, hop: int,
-          workers: int | None, scheduler: str | None, partition_size: int,
+          workers: int | None, scheduler: str | None, partition_size: int | None,
           max_seconds: float, min_seconds: float, hours_per_file: float | None, strict: bool,
           quiet: bool) -> None:
     """Build, extend or resume the store OUTPUT from SOURCE."""

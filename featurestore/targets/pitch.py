@@ -42,13 +42,13 @@ class Prosody(Target):
     library = "essentia"
     params = {
         "n_fft": 1024, "fmin": 40.0, "fmax": 2000.0, "voicing_threshold": 0.5,
-        "f0_method": "PitchYinFFT",
+        "min_rms_db": -60.0, "f0_method": "PitchYinFFT",
     }
     deltas = 2
     default = True
     description = (
-        "log-F0 (YIN-FFT, interpolated through unvoiced frames), voiced flag, zero-crossing "
-        "rate, log RMS energy; with first and second deltas"
+        "log-F0 (YIN-FFT, interpolated through unvoiced frames), voiced flag (YIN confidence "
+        "and a -60 dBFS level gate), zero-crossing rate, log RMS energy; with deltas"
     )
 
     def compute(self, frames: Frames) -> np.ndarray:
@@ -66,11 +66,14 @@ class Prosody(Target):
         confidence = np.empty(frames.n_frames, dtype=np.float32)
         for t in range(frames.n_frames):
             pitch[t], confidence[t] = tracker(columns[t])
-        voiced = (confidence >= p["voicing_threshold"]) & (pitch > 0)
+        rms = librosa.feature.rms(S=mag, frame_length=p["n_fft"])[0]
+        # YIN is confident on the faint release tails of notes; a level gate keeps them
+        # unvoiced (voicing false alarms 57% -> 6% on soundfont notes, benchmarks/RESULTS.md).
+        loud = 20.0 * np.log10(rms + 1e-12) >= p["min_rms_db"]
+        voiced = (confidence >= p["voicing_threshold"]) & (pitch > 0) & loud
         zcr = librosa.feature.zero_crossing_rate(
             frames.y, frame_length=p["n_fft"], hop_length=frames.hop, center=True
         )[0]
-        rms = librosa.feature.rms(S=mag, frame_length=p["n_fft"])[0]
         return np.stack([
             interpolate_log_f0(pitch, voiced),
             voiced.astype(np.float32),
