@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,9 +309,3 @@ class Prefetcher:
             except queue.Empty:
                 pass
             self._thread.join(timeout=0.05)
-
-    def __iter__(self) -> Iterator[Batch]:  # pragma: no cover - convenience
-        step = self._next
-        while True:
-            yield self.get(step)
-            step += 1
