@@ -315,7 +315,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             losses = {k: v.float() for k, v in losses.items()}
             total = weighting(losses, shared=shared)
             optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(total):
+            finite = torch.isfinite(total).float()
+            if env.world > 1:  # every rank skips together, or DDP's all-reduce would hang
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if not finite.item():
                 nan_run += 1
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 warnings.warn(f"step {step}: non-finite loss ({', '.join(bad) or 'total'}); "
