@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,3 +344,16 @@ def assert_same_store(a: Path, b: Path, ignore_attrs: tuple[str, ...] = ("create
         assert u.dtype == v.dtype, key
         assert u.shape == v.shape, key
         assert np.array_equal(u, v), key
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a small, often busy machine: one intra-op thread is both faster and
+    steadier than several competing for the cores. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

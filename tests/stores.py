@@ -13,6 +13,10 @@ import featurestore
 
 NOTE_NAMES = ("C", "D", "E", "F", "G", "A")
 
+# A PASE+ of about 0.1 M parameters for tests that train or run an encoder.
+TINY_PASE = {"channels": (16, 16, 32, 32, 32, 32, 32), "dim": 32, "rnn_hidden": 16,
+             "sinc_filters": 16}
+
 
 def tone_corpus(folder: Path, n_clips: int = 24, seconds: float = 3.0, seed: int = 0,
                 sample_rate: int = 16000) -> Path:

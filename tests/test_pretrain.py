@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from stores import build_store, tone_corpus
+from stores import TINY_PASE, build_store, tone_corpus
 
 import trainer
 from trainer.config import PretrainConfig, resolve_config
 from trainer.pretrain import TrainingError, pretrain
 from trainer.workers import Workers
 
-TINY_PASE = {"channels": (16, 16, 32, 32, 32, 32, 32), "dim": 32, "rnn_hidden": 16,
-             "sinc_filters": 16}
 WORKERS = ["mfcc", "chroma", "onset", "prosody", "tempo", "waveform", "lim", "gim"]
 
 

@@ -6,11 +6,8 @@ Features are Gaussian clusters per class plus noise dimensions (a real signal), 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from trainer.probe import ProbeConfig, carve_valid, make_folds, run_probe
 
@@ -25,13 +22,7 @@ FAST = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny matrices: one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def clusters(

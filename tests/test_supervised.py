@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from stores import NOTE_NAMES, build_store, tone_corpus
+from stores import NOTE_NAMES, TINY_PASE, build_store, tone_corpus
 
 import featurestore
 from trainer.metrics import classification_metrics
@@ -19,22 +18,13 @@ from trainer.probe import ProbeConfig, ProbeResult, run_probe
 from trainer.report import compare, load_result, write_report
 from trainer.supervised import run_supervised, train_supervised
 
-TINY_PASE = {"channels": (16, 16, 32, 32, 32, 32, 32), "dim": 32, "rnn_hidden": 16,
-             "sinc_filters": 16}
 #: Smaller still, for the harness tests (a few steps per seed).
 TINIER_PASE = {"channels": [8, 8, 16, 16, 16, 16, 16], "dim": 16, "rnn_hidden": 8,
                "sinc_filters": 8}
 N_CLIPS = 48  # 8 per pitch class
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a small, often busy machine: one intra-op thread is both faster
-    and steadier than several competing for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def relabel(source: Path, name: str,
