@@ -154,6 +154,28 @@ class Encoder(nn.Module):
             )
         return n // self.hop
 
+    def forward(self, wave: Tensor) -> Tensor:
+        """Encode a waveform batch.
+
+        Parameters
+        ----------
+        wave : Tensor
+            ``[B, S]`` float waveform in [-1, 1], ``S = T * hop``.
+
+        Returns
+        -------
+        Tensor
+            ``[B, dim, T]``; frame ``k`` is centred on sample ``k * hop``.
+        """
+        n_frames = self.n_frames(wave)
+        out = self.encode(wave)
+        assert out.shape[-1] == n_frames, (out.shape, n_frames)
+        return out
+
+    def encode(self, wave: Tensor) -> Tensor:
+        """The architecture proper: a validated ``[B, T * hop]`` batch to ``[B, dim, T]``."""
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         return f"hop={self.hop}, dim={self.dim}"
 

@@ -188,26 +188,12 @@ class MelCNN(Encoder):
             power = spec[..., :n_frames].abs().square()
             return torch.log(torch.matmul(self.mel_fb, power) + 1e-6)
 
-    def forward(self, wave: Tensor) -> Tensor:
-        """Encode a waveform batch.
-
-        Parameters
-        ----------
-        wave : Tensor
-            ``[B, S]`` float waveform in [-1, 1], ``S = T * 160``.
-
-        Returns
-        -------
-        Tensor
-            ``[B, dim, T]``; frame ``k`` is centred on sample ``k * 160``.
-        """
-        n_frames = self.n_frames(wave)
+    def encode(self, wave: Tensor) -> Tensor:
         x = self.log_mel(wave)
         with float32_region(x):
             x = self.in_norm(x)  # [B, n_mels, T], per-band standardisation
         h = self.blocks(x.unsqueeze(1))  # [B, C, F', T]
         out = self.norm(self.proj(h.flatten(1, 2)))  # [B, dim, T]
-        assert out.shape[-1] == n_frames
         return out
 
 

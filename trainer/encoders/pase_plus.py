@@ -226,20 +226,7 @@ class PasePlus(Encoder):
         self.proj = nn.Conv1d(main, self.dim, 1)
         self.norm = nn.BatchNorm1d(self.dim, affine=False)
 
-    def forward(self, wave: Tensor) -> Tensor:
-        """Encode a waveform batch.
-
-        Parameters
-        ----------
-        wave : Tensor
-            ``[B, S]`` float waveform in [-1, 1], ``S = T * 160``.
-
-        Returns
-        -------
-        Tensor
-            ``[B, dim, T]``; frame ``k`` is centred on sample ``k * 160``.
-        """
-        n_frames = self.n_frames(wave)
+    def encode(self, wave: Tensor) -> Tensor:
         h = self.sinc(wave.unsqueeze(1))  # [B, F, S]
         skips: list[Tensor] = []
         for i, block in enumerate(self.blocks):
@@ -256,7 +243,6 @@ class PasePlus(Encoder):
         for skip in skips:
             out = out + skip
         out = self.norm(out)
-        assert out.shape[-1] == n_frames
         return out
 
 

@@ -98,23 +98,9 @@ class SampleCNN(Encoder):
         self.proj = nn.Conv1d(channels[-1], self.dim, 1)
         self.norm = nn.BatchNorm1d(self.dim, affine=False) if out_norm else nn.Identity()
 
-    def forward(self, wave: Tensor) -> Tensor:
-        """Encode a waveform batch.
-
-        Parameters
-        ----------
-        wave : Tensor
-            ``[B, S]`` float waveform in [-1, 1], ``S = T * 160``.
-
-        Returns
-        -------
-        Tensor
-            ``[B, dim, T]``; frame ``k`` is centred on sample ``k * 160``.
-        """
-        n_frames = self.n_frames(wave)
+    def encode(self, wave: Tensor) -> Tensor:
         h = self.stages(self.stem(wave.unsqueeze(1)))  # [B, C, T]
         out = self.norm(self.proj(h))
-        assert out.shape[-1] == n_frames
         return out
 
 
