@@ -695,6 +695,64 @@ def _normalise_splits(splits: Sequence[str] | None, n: int) -> np.ndarray:
     return out
 
 
+def resolve_task(labels: Sequence[str], task: str = "auto") -> str:
+    """``classification`` or ``tagging``: ``auto`` is tagging when any clip holds several
+    tags. Raises ValueError when no clip is labeled, or tags meet ``classification``."""
+    if not any(labels):
+        raise ValueError(
+            "no labels: every clip is unlabeled (an unlabeled store?); a probe needs labels"
+        )
+    multilabel = any(";" in label for label in labels)
+    if task == "auto":
+        return "tagging" if multilabel else "classification"
+    if task == "classification" and multilabel:
+        raise ValueError("labels hold ';' (several tags per clip) but task='classification'")
+    return task
+
+
+def encode_targets(
+    labels: Sequence[str], task: str = "auto"
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Resolve the task and encode the labels, as every probe and baseline does.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Per clip: a class, tags joined by ``';'``, or ``''`` (unlabeled / no tag).
+    task : {"auto", "classification", "tagging"}
+        ``auto`` is tagging when any clip holds several tags.
+
+    Returns
+    -------
+    task : str
+    keep : numpy.ndarray of int
+        The clips that take part: labeled clips for classification, all for tagging
+        (a clip without tags is a negative for every tag).
+    target : numpy.ndarray
+        Class indices (n_keep,) or a 0/1 tag matrix (n_keep, C).
+    Y : numpy.ndarray of int64, shape (n_keep, C)
+        One-hot classes or the tag matrix.
+    classes : list of str
+
+    Raises
+    ------
+    ValueError
+        No labels at all, tags with task ``classification``, or a single class.
+    """
+    task = resolve_task(labels, task)
+    if task == "classification":
+        y_all, classes = encode_labels(labels, multilabel=False)
+        keep = np.flatnonzero(y_all >= 0)
+        target = y_all[keep]
+        if len(classes) < 2:
+            raise ValueError(
+                f"a single class ({classes[0]!r}): classification needs at least two classes"
+            )
+        return task, keep, target, np.eye(len(classes), dtype=np.int64)[target], classes
+    Y_all, classes = encode_labels(labels, multilabel=True)
+    return task, np.arange(len(labels)), Y_all, Y_all.astype(np.int64), classes
+
+
 def run_probe(
     X: np.ndarray,
     labels: Sequence[str],
@@ -748,32 +806,7 @@ def run_probe(
         )
     split_of = _normalise_splits(None if config.folds else splits, n)
     group_keys = _group_keys(groups, n)
-    if not any(labels):
-        raise ValueError(
-            "no labels: every clip is unlabeled (an unlabeled store?); a probe needs labels"
-        )
-
-    multilabel = any(";" in label for label in labels)
-    task = config.task
-    if task == "auto":
-        task = "tagging" if multilabel else "classification"
-    elif task == "classification" and multilabel:
-        raise ValueError("labels hold ';' (several tags per clip) but task='classification'")
-
-    if task == "classification":
-        y_all, classes = encode_labels(labels, multilabel=False)
-        keep = np.flatnonzero(y_all >= 0)
-        target = y_all[keep]
-        if len(classes) < 2:
-            raise ValueError(
-                f"a single class ({classes[0]!r}): classification needs at least two classes"
-            )
-        Y = np.eye(len(classes), dtype=np.int64)[target]
-    else:
-        Y_all, classes = encode_labels(labels, multilabel=True)
-        keep = np.arange(n)
-        target = Y_all
-        Y = Y_all.astype(np.int64)
+    task, keep, target, Y, classes = encode_targets(labels, config.task)
     X = X[keep]
     split_of = split_of[keep]
     group_keys = group_keys[keep]

@@ -44,7 +44,6 @@ from torch import Tensor, nn
 
 from trainer.data import CropDataset
 from trainer.embed import crop_bounds, resolve_device
-from trainer.metrics import encode_labels
 from trainer.probe import ProbeConfig, ProbeResult
 
 
@@ -406,6 +405,8 @@ def run_supervised(
         _metrics,
         _plain,
         _summary,
+        encode_targets,
+        resolve_task,
     )
 
     config = config or ProbeConfig()
@@ -421,12 +422,7 @@ def run_supervised(
     if not any(labels):
         raise ValueError(f"{table.stores[0].path}: no labels: every clip is unlabeled; the "
                          "supervised baseline needs labels")
-    multilabel_labels = any(";" in label for label in labels)
-    task = config.task
-    if task == "auto":
-        task = "tagging" if multilabel_labels else "classification"
-    elif task == "classification" and multilabel_labels:
-        raise ValueError("labels hold ';' (several tags per clip) but task='classification'")
+    task = resolve_task(labels, config.task)
     multilabel = task == "tagging"
 
     # The clips train_supervised uses, in its (store) order, with the probe's encoding.
@@ -436,15 +432,8 @@ def run_supervised(
     kept_labels = [labels[r] for r in rows]
     kept_splits = np.array([splits[r] for r in rows], dtype=object)
     kept_ids = [ids[r] for r in rows]
-    if multilabel:
-        Y_all, classes = encode_labels(kept_labels, multilabel=True)
-        target, Y = Y_all, Y_all.astype(np.int64)
-    else:
-        target, classes = encode_labels(kept_labels, multilabel=False)
-        if len(classes) < 2:
-            raise ValueError(f"a single class ({classes[0]!r}): classification needs at "
-                             "least two classes")
-        Y = np.eye(len(classes), dtype=np.int64)[target]
+    # Every kept clip is labeled (or, for tagging, a negative), so none is dropped here.
+    _, _, target, Y, classes = encode_targets(kept_labels, task)
     train, valid, test = (np.flatnonzero(kept_splits == name)
                           for name in ("train", "valid", "test"))
     if not len(train) or not len(test):
