@@ -214,3 +214,11 @@ def machine_line() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{time.strftime('%Y-%m-%d %H:%M')}; CPU {cpu_model()}, {os.cpu_count()} cores; "
             f"load average {load}; Python {platform.python_version()}; " + ", ".join(versions))
+
+
+def write_report(text: str, out: Path) -> None:
+    """Print a finished report and write it to ``out`` (its folder made if needed)."""
+    print()
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.rstrip("\n") + "\n")

@@ -385,9 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         table(["where", "CPU ms per clip", "vs plain unset"], malloc_rows), "",
         table(["run", "wall s"], dd_rows), "",
     ])
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    benchlib.write_report(text, args.out)
     print(f"(written to {args.out})", file=sys.stderr)
 
 

@@ -476,11 +476,7 @@ def main() -> None:
         f"memmap gather: {gather_cpu:.1f} ms CPU per batch = "
         f"{100 * gather_cpu * need / 1000:.0f}% of one core at that rate.")
     lines.append(f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    report = "\n".join(lines)
-    print()
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report + "\n")
+    benchlib.write_report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         benchlib.table(["embedder", "device", "threads", "crop s", "batch", "wall s",
                         "audio-s / wall-s", "CPU s", "audio-s / CPU-s"], rows),
     ])
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report + "\n")
+    benchlib.write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -391,9 +391,7 @@ def main(argv: list[str] | None = None) -> None:
                  table(["tracker", "55 Hz", "110 Hz", "440 Hz", "1000 Hz"], pure_tones(track)),
                  ""]
     text = "\n".join(["# f0_quality", "", benchlib.machine_line(), "", *sections])
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    benchlib.write_report(text, args.out)
     print(f"(written to {args.out})", file=sys.stderr)
 
 

@@ -248,11 +248,7 @@ def main() -> None:
                                  "on the fly", "audio-s/s per core", "store / on the fly"],
                                 ratio_rows)]
     lines.append(f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    report = "\n".join(lines)
-    print()
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report + "\n")
+    benchlib.write_report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -412,9 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         "Clips: " + ", ".join(Path(p).name for p in paths[1:]), "",
     ]
     text = "\n".join(report)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    benchlib.write_report(text, args.out)
     print(f"(written to {args.out})", file=sys.stderr)
 
 
