@@ -8,7 +8,6 @@ centred on sample ``k * 160`` and nothing after it strides or shifts time.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,60 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._common import SAMPLE_RATE, Encoder, as_tuple, float32_region
-
-
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale (librosa's default, ``htk=False``): linear below 1 kHz, log above."""
-    hz = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(
-        hz >= min_log_hz,
-        min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep,
-        hz / f_sp,
-    )
-
-
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_hz_to_mel`."""
-    mel = np.asarray(mel, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    return np.where(
-        mel >= min_log_mel,
-        min_log_hz * np.exp(logstep * (mel - min_log_mel)),
-        f_sp * mel,
-    )
-
-
-def mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
-) -> np.ndarray:
-    """Triangular mel filters on the Slaney scale with area (Slaney) normalisation.
-
-    Same definition as ``librosa.filters.mel`` with its defaults (``htk=False``,
-    ``norm="slaney"``).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``[n_mels, n_fft // 2 + 1]`` float32.
-    """
-    if f_max is None:
-        f_max = sample_rate / 2
-    fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))
-    widths = np.diff(mel_hz)  # [n_mels + 1]
-    dist = mel_hz[:, None] - fft_hz[None, :]  # [n_mels + 2, n_bins]
-    rising = -dist[:-2] / widths[:-1, None]
-    falling = dist[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(rising, falling))
-    weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
-    return weights.astype(np.float32)
 
 
 class _Block(nn.Module):
@@ -152,7 +97,12 @@ class MelCNN(Encoder):
             dim=self.dim, n_mels=n_mels, n_fft=self.n_fft, f_min=f_min, f_max=f_max,
             channels=channels, freq_pools=freq_pools, sample_rate=sample_rate, out_norm=out_norm,
         )
-        fb = mel_filterbank(sample_rate, self.n_fft, n_mels, f_min, f_max)
+        # The Slaney filterbank of the store's fbank target, built once here: librosa is
+        # used at construction only, never in forward.
+        import librosa
+
+        fb = librosa.filters.mel(sr=sample_rate, n_fft=self.n_fft, n_mels=n_mels, fmin=f_min,
+                                 fmax=f_max).astype(np.float32)
         # Derived from the config, so not saved in checkpoints (persistent=False).
         self.register_buffer("mel_fb", torch.from_numpy(fb), persistent=False)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
@@ -197,4 +147,4 @@ class MelCNN(Encoder):
         return out
 
 
-__all__ = ["MelCNN", "mel_filterbank"]
+__all__ = ["MelCNN"]
