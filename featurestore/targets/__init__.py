@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 
+import featurestore.jitcache  # noqa: F401 - makes numba's on-disk cache process-safe
 from featurestore.errors import FeatureStoreError
 from featurestore.targets.base import Frames, Target, TargetSpec, deltas, fit_frames
 
