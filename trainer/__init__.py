@@ -22,24 +22,29 @@ def load_encoder(path: str | os.PathLike[str], device: str | Any = "cpu") -> Any
     path : path-like
         An ``encoder.pt`` file.
     device : str or torch.device
+        ``cpu``, ``auto``, ``cuda``, ``cuda:N`` (:func:`trainer.device.resolve_device`).
 
     Returns
     -------
     torch.nn.Module
         ``forward(wave (B, T * hop)) -> (B, dim, T)``, with attributes ``hop``, ``dim``,
         ``sample_rate`` and ``source`` (the file it came from).
-    """
-    import torch
 
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not an encoder file; a device this machine does not have
+        (:class:`trainer.device.DeviceError`).
+    """
+    from trainer.device import resolve_device
     from trainer.encoders import build_encoder
-    from trainer.pretrain import ENCODER_FORMAT
+    from trainer.pretrain import read_encoder_file
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such encoder file")
-    payload = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{path}: not an encoder file of format {ENCODER_FORMAT}")
+    device = resolve_device(device)
+    payload = read_encoder_file(path, map_location=device)
     encoder = build_encoder(payload["encoder"], **payload["kwargs"])
     encoder.load_state_dict(payload["state_dict"])
     encoder.sample_rate = int(payload["sample_rate"])

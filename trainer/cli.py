@@ -11,6 +11,8 @@ import click
 
 from featurestore.errors import FeatureStoreError
 
+DEVICE_HELP = "auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N."
+
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Input problems become one line on stderr and exit status 1, not a traceback."""
@@ -44,7 +46,7 @@ def main() -> None:
 @click.option("--steps", type=int)
 @click.option("--lr", type=float)
 @click.option("--warmup-steps", type=int)
-@click.option("--device", help="auto, cpu, cuda, cuda:N.")
+@click.option("--device", help=DEVICE_HELP + " [auto]")
 @click.option("--cache", type=click.Choice(["none", "ram", "device"]))
 @click.option("--no-distort", "distort", flag_value=False, default=None,
               help="Train on clean crops (no denoising objective).")
@@ -64,15 +66,20 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
     from pathlib import Path
 
     from trainer.config import PretrainConfig, read_config_file, resolve_config
+    from trainer.device import resolve_device
     from trainer.pretrain import pretrain as run
 
+    if options["device"] is not None:
+        resolve_device(options["device"])  # before any config, store or run folder is read
     options["compile"] = compile_
     if resume_dir is not None:
         saved = Path(resume_dir) / "config.json"
         if not saved.exists():
             raise FileNotFoundError(f"{resume_dir}: no config.json: not a run folder")
         data = read_config_file(saved)
-        data.update({k: v for k, v in options.items() if v is not None and k == "steps"})
+        # A resumed run may go on longer, or on another device; nothing else changes.
+        data.update({k: v for k, v in options.items()
+                     if v is not None and k in ("steps", "device")})
         data["out"] = resume_dir
         cfg = PretrainConfig.from_dict(data, str(saved))
         out = run(cfg, resume=True, progress=not quiet)
@@ -90,15 +97,17 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
               type=click.Choice(["mean", "mean+std"]))
 @click.option("--crop-seconds", default=10.0, show_default=True,
               help="Long clips are embedded in crops of this length, then pooled.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--quiet", is_flag=True)
 @_user_errors
 def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
           quiet: bool) -> None:
     """Compute (or find cached) clip embeddings of STORE, beside the store."""
+    from trainer.device import resolve_device
     from trainer.embed import clip_embeddings
 
-    emb = clip_embeddings(spec, store, pooling=pooling, device=device,
+    dev = resolve_device(device)
+    emb = clip_embeddings(spec, store, pooling=pooling, device=dev,
                           crop_seconds=crop_seconds, progress=not quiet)
     click.echo(f"{len(emb.ids)} clips x {emb.X.shape[1]} dims ({spec}, {pooling}); cached "
                f"under {store}.embeddings/")
@@ -124,21 +133,26 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
 @click.option("--encoder-kwargs", "encoder_kwargs_json",
               help="JSON object of encoder constructor arguments, for supervised:<encoder> "
                    "and random:<encoder name>.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", required=True, type=click.Path(), help="Report folder.")
 @click.option("--quiet", is_flag=True)
 @_user_errors
 def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | None, seeds: int,
           task: str, crop_seconds: float | None, steps: int, encoder_kwargs_json: str | None,
           device: str, out: str, quiet: bool) -> None:
-    """Probe a frozen encoder (or a baseline) on a labeled store and write a report."""
+    """Probe a frozen encoder (or a baseline) on a labeled store and write a report.
+
+    The device, the store's labels for the protocol and the encoder are checked before
+    anything is embedded or trained."""
     import json
     from pathlib import Path
 
+    from trainer.device import resolve_device
     from trainer.embed import clip_embeddings, load_embedder
-    from trainer.probe import ProbeConfig, run_probe
+    from trainer.probe import ProbeConfig, check_store, run_probe
     from trainer.report import write_report
 
+    dev = resolve_device(device)
     encoder_kwargs = None
     if encoder_kwargs_json is not None:
         try:
@@ -151,7 +165,7 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
             raise ValueError("--encoder-kwargs applies to supervised:<encoder> and "
                              "random:<encoder> only")
     config = ProbeConfig(classifier=classifier, folds=folds, seeds=seeds, task=task,
-                         device=_device(device))
+                         device=str(dev))
     meta: dict[str, Any] = {"name": Path(out).name, "encoder": spec, "store": store,
                             "store_name": Path(store).stem}
     if spec.startswith("supervised:"):
@@ -160,7 +174,7 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
         encoder = spec.split(":", 1)[1]
         crop = 2.0 if crop_seconds is None else crop_seconds
         result = run_supervised(store, config, encoder=encoder, encoder_kwargs=encoder_kwargs,
-                                steps=steps, crop_seconds=crop, device=device,
+                                steps=steps, crop_seconds=crop, device=dev,
                                 progress=not quiet)
         meta.update(crop_seconds=crop, probe_config={
             "method": "supervised", "encoder": encoder, "encoder_kwargs": encoder_kwargs or {},
@@ -168,9 +182,9 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
         embeddings = None
     else:
         crop = 10.0 if crop_seconds is None else crop_seconds
-        embedder = (load_embedder(spec, device=device, encoder_kwargs=encoder_kwargs)
-                    if encoder_kwargs is not None else spec)
-        emb = clip_embeddings(embedder, store, pooling=pooling, device=device,
+        check_store(store, config)  # the store opens and its labels suit the protocol
+        embedder = load_embedder(spec, device=dev, encoder_kwargs=encoder_kwargs)
+        emb = clip_embeddings(embedder, store, pooling=pooling, device=dev,
                               crop_seconds=crop, progress=not quiet)
         result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
         meta.update(encoder_key=emb.key, pooling=pooling, crop_seconds=crop)
@@ -178,14 +192,6 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
     path = write_report(Path(out), result, meta=meta, embeddings=embeddings)
     click.echo((Path(out) / "summary.md").read_text())
     click.echo(f"report: {path}")
-
-
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @main.command()
@@ -207,14 +213,16 @@ def compare(results: tuple[str, ...], out: str | None) -> None:
 @main.command()
 @click.argument("sweep_file", type=click.Path())
 @click.option("--out", type=click.Path(), help="Output folder [sweeps/<file stem>].")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--dry-run", is_flag=True, help="List the runs and probes, run nothing.")
 @click.option("--quiet", is_flag=True)
 @_user_errors
 def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, quiet: bool) -> None:
     """Run a grid of pre-training runs and probes; resumable; ends with one table."""
+    from trainer.device import resolve_device
     from trainer.sweep import load_sweep, probe_specs, run_sweep
 
+    dev = resolve_device(device)
     plan, folder = load_sweep(sweep_file, out)
     if dry_run:
         for run in plan.runs:
@@ -224,14 +232,14 @@ def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, quiet: b
         for name, spec in probe_specs(plan, folder):
             click.echo(f"probe {name}: {spec} on {', '.join(plan.probe_stores)}")
         return
-    path = run_sweep(plan, folder, device=_device(device), progress=not quiet)
+    path = run_sweep(plan, folder, device=str(dev), progress=not quiet)
     click.echo(path.read_text())
     click.echo(f"table: {path}")
 
 
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--scale", default=1.0, show_default=True, help="Size of the demo corpus.")
 @click.option("--steps", type=int, help="Pre-training steps [400 on CPU, 3000 on CUDA].")
 @click.option("--seeds", default=3, show_default=True, help="Probe seeds.")

@@ -36,22 +36,38 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     out : path-like
         Folder for the corpus, the stores, the run and the reports.
     device : str
-        ``auto``, ``cpu`` or ``cuda``. On CUDA the full-size PASE+ trains longer.
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. On CUDA the full-size PASE+ trains
+        longer.
     scale : float
         Size of the demo corpus (1.0: about 10 minutes of audio).
     steps : int, optional
         Pre-training steps (default 400 on CPU, 3000 on CUDA).
     seeds : int
         Probe seeds (mean and spread are reported).
-    """
-    import torch
 
+    Raises
+    ------
+    ValueError
+        Checked before anything is rendered or built: a device this machine lacks
+        (:class:`trainer.device.DeviceError`), ``scale <= 0``, ``steps < 1``,
+        ``seeds < 1``, or ``out`` naming a file.
+    """
     import featurestore
     from featurestore.build import dask_executor
     from featurestore.demo import make_demo_data
+    from trainer.device import resolve_device
 
+    dev = resolve_device(device)
+    if not scale > 0:
+        raise ValueError(f"--scale {scale}: must be positive")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps {steps}: must be at least 1")
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: must be at least 1")
     out = Path(out)
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    cuda = dev.type == "cuda"
     echo(f"1/4 demo corpus -> {out / 'data'}")
     csvs = _demo_data(out / "data", seed, scale, make_demo_data)
     echo("2/4 feature stores (default targets)")
@@ -70,7 +86,7 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
         workers=["default"], weighting="equal", crop_seconds=1.0,
         batch_size=64 if cuda else 16, steps=steps or (3000 if cuda else 400),
         lr=1e-3 if cuda else 2e-3, warmup_steps=50, log_every=10, save_every=100,
-        eval_every=10**9, seed=seed, device="cuda" if cuda else "cpu",
+        eval_every=10**9, seed=seed, device=str(dev),
     )
     sweep = Sweep(
         pretrain_stores=base.store,
@@ -81,9 +97,8 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
         probe={"seeds": seeds, "classifier": "mlp", "pooling": "mean+std"},
         baselines=["mfcc-stats", "random"], pretrain_splits=["train", ""],
     )
-    echo(f"3/4 pre-training PASE+ ({base.steps} steps, {'cuda' if cuda else 'cpu'}) and "
-         "4/4 probes")
-    table = run_sweep(sweep, out, device="cuda" if cuda else "cpu", progress=progress,
+    echo(f"3/4 pre-training PASE+ ({base.steps} steps, {dev}) and 4/4 probes")
+    table = run_sweep(sweep, out, device=str(dev), progress=progress,
                       echo=lambda s: echo("    " + s))
     verdict = plain_words(out)
     (out / "verdict.md").write_text(verdict + "\n")

@@ -41,18 +41,12 @@ import torch
 from torch import nn
 
 from featurestore.store import Store, open_store
+from trainer.device import resolve_device
 
 POOLINGS = ("mean", "mean+std")
 MFCC_STATS = "mfcc-stats"
 MFCC_STATS_KEY = "mfcc-stats-v1"  # bump when what mfcc-stats computes changes
 CACHE_FORMAT = "trainer-embeddings/1"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when torch sees a GPU, else CPU; anything else as given."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def crop_bounds(n_frames: int, crop_frames: int) -> list[tuple[int, int]]:
@@ -304,8 +298,9 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     Raises
     ------
     ValueError
-        An unknown encoder name after ``random:``, a file that is not an encoder file, or
-        ``encoder_kwargs`` with ``random:<path>``.
+        An unknown encoder name after ``random:`` or encoder argument, a file that is not
+        an encoder file, ``encoder_kwargs`` with ``random:<path>``, or a device this
+        machine lacks (:class:`trainer.device.DeviceError`).
     FileNotFoundError
         A path that does not exist.
     """
@@ -341,6 +336,9 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
         raise FileNotFoundError(
             f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>' or "
             f"'{MFCC_STATS}')")
+    from trainer.pretrain import read_encoder_file
+
+    read_encoder_file(spec, mmap=True)  # an encoder file? (its weights are not read)
 
     def load() -> nn.Module:
         from trainer import load_encoder
@@ -364,11 +362,9 @@ def _full_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _architecture_of(path: str) -> tuple[str, dict[str, Any], int]:
     """Encoder name, keyword arguments and sample rate recorded in an ``encoder.pt``."""
-    from trainer.pretrain import ENCODER_FORMAT
+    from trainer.pretrain import read_encoder_file
 
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{path}: not an encoder file of format {ENCODER_FORMAT}")
+    payload = read_encoder_file(path)
     kwargs = json.loads(json.dumps(payload["kwargs"]))  # tuples as lists, like config()
     return str(payload["encoder"]), kwargs, int(payload["sample_rate"])
 
@@ -555,8 +551,11 @@ def clip_embeddings(spec: str | Embedder, store_path: str | os.PathLike[str], *,
     Raises
     ------
     ValueError
-        Unknown pooling; an encoder whose frame rate or sample rate differs from the
-        store's; ``mfcc-stats`` on a store without ``mfcc``.
+        Unknown pooling; a device this machine lacks
+        (:class:`trainer.device.DeviceError`); an encoder whose frame rate or sample rate
+        differs from the store's; ``mfcc-stats`` on a store without ``mfcc``.
+    featurestore.errors.FeatureStoreError
+        No such store, or not a readable store.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
@@ -564,8 +563,8 @@ def clip_embeddings(spec: str | Embedder, store_path: str | os.PathLike[str], *,
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if crop_seconds <= 0:
         raise ValueError(f"crop_seconds must be positive, got {crop_seconds}")
-    store = open_store(store_path)
     dev = resolve_device(device)
+    store = open_store(store_path)
     embedder = load_embedder(spec, device=dev) if isinstance(spec, str) else spec
     c = store.clips
     ids = [str(v) for v in c["id"].tolist()]
@@ -617,5 +616,5 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
 
 __all__ = [
     "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder", "cache_path",
-    "clip_embeddings", "crop_bounds", "load_embedder", "pool", "resolve_device",
+    "clip_embeddings", "crop_bounds", "load_embedder", "pool",
 ]

@@ -153,7 +153,8 @@ def load_model(model_file_path: str = "", **kwargs: Any) -> HearModel:
         untrained encoder: for testing, and as the untrained baseline).
     **kwargs
         ``seed`` and ``encoder_kwargs`` (``random:`` encoders), ``chunk_seconds`` (10)
-        and ``batch_size`` (16), ``device`` (where to put the model, default CPU; it
+        and ``batch_size`` (16), ``device`` (where to put the model: ``cpu`` (default),
+        ``auto``, ``cuda`` or ``cuda:N``, see :func:`trainer.device.resolve_device`; it
         follows the audio's device anyway).
 
     Returns
@@ -164,7 +165,8 @@ def load_model(model_file_path: str = "", **kwargs: Any) -> HearModel:
     Raises
     ------
     ValueError
-        An empty path, an unknown encoder, or unknown keyword arguments.
+        An empty path, an unknown encoder, unknown keyword arguments, or a device this
+        machine lacks (:class:`trainer.device.DeviceError`).
     FileNotFoundError
         A path that does not exist.
     """

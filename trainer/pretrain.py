@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -30,6 +31,7 @@ from torch import nn
 from featurestore.store import open_stores
 from trainer.config import PretrainConfig
 from trainer.data import CropDataset, Prefetcher
+from trainer.device import DeviceError, resolve_device
 from trainer.distortions import DistortionConfig, Distortions
 from trainer.encoders import build_encoder
 from trainer.weighting import build_weighting
@@ -71,22 +73,31 @@ class Env:
 
 
 def setup_env(device: str) -> Env:
-    """Pick the device and, under torchrun, join the process group (NCCL on CUDA, gloo on
-    CPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """Pick the device (:func:`trainer.device.resolve_device`) and, under torchrun, join
+    the process group (NCCL on CUDA, gloo on CPU); each rank takes the CUDA device of its
+    ``LOCAL_RANK``.
+
+    Raises
+    ------
+    trainer.device.DeviceError
+        A device name this machine's torch does not know or see, or a ``LOCAL_RANK`` past
+        the visible CUDA devices.
+    """
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but torch sees no CUDA device")
     if world > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda"):
-            device = f"cuda:{local}"
+        if dev.type == "cuda":
+            count = torch.cuda.device_count()
+            if local >= count:
+                raise DeviceError(f"torchrun LOCAL_RANK {local}: only {count} CUDA device(s) "
+                                  "visible; start at most that many processes per node")
+            dev = torch.device("cuda", local)
             torch.cuda.set_device(local)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Env(torch.device(device), rank, world)
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Env(dev, rank, world)
 
 
 def lr_factor(step: int, cfg: PretrainConfig) -> float:
@@ -193,6 +204,32 @@ def save_encoder(path: Path, encoder: nn.Module, name: str, cfg: PretrainConfig 
         "pretrain": cfg.to_dict() if cfg is not None else None,
     }
     _atomic_save(payload, path)
+
+
+def read_encoder_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+                      *, mmap: bool = False) -> dict[str, Any]:
+    """The payload of an encoder file written by :func:`save_encoder`.
+
+    ``mmap=True`` maps the weights instead of reading them: a cheap look at what the file
+    is (the payload's tensors are then read on first use).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        A file that torch cannot read, or that is not an encoder file of this format.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such encoder file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: not an encoder file ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
+        raise ValueError(f"{path}: not an encoder file of format {ENCODER_FORMAT}")
+    return payload
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.device import resolve_device
 from trainer.metrics import (
     classification_metrics,
     encode_labels,
@@ -63,9 +65,12 @@ __all__ = [
     "CLASSIFIERS",
     "TASKS",
     "ProbeConfig",
+    "ProbePlan",
     "ProbeResult",
     "carve_valid",
+    "check_store",
     "make_folds",
+    "plan_probe",
     "run_probe",
 ]
 
@@ -126,7 +131,8 @@ class ProbeConfig:
         Seed of the folds and of carved validation sets.
     task : {"auto", "classification", "tagging"}
     device : str
-        A torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or ``"auto"``.
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; checked on construction
+        (:func:`trainer.device.resolve_device`).
     standardize : bool
         z-score the features with the training clips' mean and standard deviation.
     """
@@ -169,6 +175,7 @@ class ProbeConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must lie in (0, 1), got {self.valid_fraction}")
+        resolve_device(self.device, option="device")  # a DeviceError now, not after embedding
 
 
 @dataclass
@@ -370,12 +377,6 @@ def _check_coverage(
 
 
 # --------------------------------------------------------------------------- the model
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _init_params(
@@ -753,6 +754,143 @@ def encode_targets(
     return task, np.arange(len(labels)), Y_all, Y_all.astype(np.int64), classes
 
 
+@dataclass
+class ProbePlan:
+    """What a probe will train and test on, decided from the labels alone.
+
+    Attributes
+    ----------
+    task : str
+        ``"classification"`` or ``"tagging"``.
+    keep : numpy.ndarray of int
+        The clips that take part (indices into the input).
+    target : numpy.ndarray
+        Class indices ``(n_keep,)`` or a 0/1 tag matrix ``(n_keep, C)``.
+    Y : numpy.ndarray of int64, shape (n_keep, C)
+        One-hot classes or the tag matrix.
+    classes : list of str
+    parts : list of (train, valid, test)
+        Index arrays into the kept clips: one triple for the store's splits, one per fold
+        with ``folds``.
+    """
+
+    task: str
+    keep: np.ndarray
+    target: np.ndarray
+    Y: np.ndarray
+    classes: list[str]
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def plan_probe(
+    labels: Sequence[str],
+    splits: Sequence[str] | None,
+    groups: Sequence[str] | None,
+    config: ProbeConfig | None = None,
+) -> ProbePlan:
+    """Everything :func:`run_probe` decides before it trains: task, classes and splits.
+
+    Needs no features, so a store's labels can be checked before anything is embedded.
+
+    Parameters
+    ----------
+    labels, splits, groups, config
+        As in :func:`run_probe`.
+
+    Returns
+    -------
+    ProbePlan
+
+    Raises
+    ------
+    ValueError
+        Mismatched lengths, no labels at all, tags with ``task="classification"``, a single
+        class, an unknown split name, labels present in test (or valid) but absent from
+        train, a missing train or test split without ``folds``, fewer groups than
+        ``folds``, a validation set that cannot be carved out of train or cannot rank any
+        tag.
+    """
+    config = config or ProbeConfig()
+    n = len(labels)
+    labels = [str(label).strip() for label in labels]
+    split_of = _normalise_splits(None if config.folds else splits, n)
+    group_keys = _group_keys(groups, n)
+    task, keep, target, Y, classes = encode_targets(labels, config.task)
+    split_of = split_of[keep]
+    group_keys = group_keys[keep]
+
+    # the (train, valid, test) index triples, one per fold
+    if config.folds is None:
+        train = np.flatnonzero(split_of == "train")
+        valid = np.flatnonzero(split_of == "valid")
+        test = np.flatnonzero(split_of == "test")
+        if not len(train) or not len(test):
+            missing = "train" if not len(train) else "test"
+            raise ValueError(
+                f"no labeled {missing} clips in the splits; pass folds=K for a grouped "
+                "K-fold cross-validation instead"
+            )
+        if not len(valid):
+            train, valid = carve_valid(
+                train, group_keys, Y, config.valid_fraction, config.split_seed
+            )
+        parts = [(train, valid, test)]
+    else:
+        parts = []
+        for train, test in make_folds(group_keys, config.folds, config.split_seed):
+            train, valid = carve_valid(
+                train, group_keys, Y, config.valid_fraction, config.split_seed
+            )
+            parts.append((train, valid, test))
+
+    for train, valid, test in parts:
+        _check_coverage(Y, train, test, "test", classes)
+        _check_coverage(Y, train, valid, "valid", classes)
+        if task == "tagging":
+            pos = Y[valid].sum(axis=0)
+            if not np.any((pos > 0) & (pos < len(valid))):
+                raise ValueError(
+                    "the validation clips have no tag with both positive and negative "
+                    "clips, so no model can be selected on them"
+                )
+    return ProbePlan(task, keep, target, Y, list(classes), parts)
+
+
+def check_store(store_path: str | os.PathLike[str], config: ProbeConfig | None = None
+                ) -> ProbePlan:
+    """Open a store and plan its probe from the clip table, before anything is embedded.
+
+    Parameters
+    ----------
+    store_path : path-like
+        A labeled store.
+    config : ProbeConfig, optional
+        The protocol (``task``, ``folds``, ``valid_fraction``, ``split_seed``).
+
+    Returns
+    -------
+    ProbePlan
+
+    Raises
+    ------
+    featurestore.errors.FeatureStoreError
+        No such store, or not a readable store.
+    ValueError
+        Whatever :func:`plan_probe` refuses, prefixed with the store's path: e.g.
+        ``stores/x.h5: no labels: every clip is unlabeled (an unlabeled store?); a probe
+        needs labels``.
+    """
+    from featurestore.store import open_store
+
+    clips = open_store(store_path).clips
+    labels, splits, groups = ([str(v) for v in clips[col].tolist()]
+                              for col in ("label", "split", "group"))
+    try:
+        return plan_probe(labels, splits, groups, config)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(store_path)}: {e}") from None
+
+
 def run_probe(
     X: np.ndarray,
     labels: Sequence[str],
@@ -804,50 +942,13 @@ def run_probe(
             f"features hold NaN or Inf in {int(bad.sum())} of {n} clips "
             f"(first: clip {int(np.flatnonzero(bad)[0])}); fix the embeddings first"
         )
-    split_of = _normalise_splits(None if config.folds else splits, n)
-    group_keys = _group_keys(groups, n)
-    task, keep, target, Y, classes = encode_targets(labels, config.task)
-    X = X[keep]
-    split_of = split_of[keep]
-    group_keys = group_keys[keep]
-    device = _resolve_device(config.device)
-
-    # the (train, valid, test) index triples, one per fold
-    if config.folds is None:
-        train = np.flatnonzero(split_of == "train")
-        valid = np.flatnonzero(split_of == "valid")
-        test = np.flatnonzero(split_of == "test")
-        if not len(train) or not len(test):
-            missing = "train" if not len(train) else "test"
-            raise ValueError(
-                f"no labeled {missing} clips in the splits; pass folds=K for a grouped "
-                "K-fold cross-validation instead"
-            )
-        if not len(valid):
-            train, valid = carve_valid(
-                train, group_keys, Y, config.valid_fraction, config.split_seed
-            )
-        parts = [(train, valid, test)]
-    else:
-        parts = []
-        for train, test in make_folds(group_keys, config.folds, config.split_seed):
-            train, valid = carve_valid(
-                train, group_keys, Y, config.valid_fraction, config.split_seed
-            )
-            parts.append((train, valid, test))
-
-    for train, valid, test in parts:
-        _check_coverage(Y, train, test, "test", classes)
-        _check_coverage(Y, train, valid, "valid", classes)
-        if task == "tagging":
-            pos = Y[valid].sum(axis=0)
-            if not np.any((pos > 0) & (pos < len(valid))):
-                raise ValueError(
-                    "the validation clips have no tag with both positive and negative "
-                    "clips, so no model can be selected on them"
-                )
+    plan = plan_probe(labels, splits, groups, config)
+    task, target, Y, classes, parts = plan.task, plan.target, plan.Y, plan.classes, plan.parts
+    X = X[plan.keep]
+    device = resolve_device(config.device)
 
     majorities = [_majority(task, Y, target, tr, te, classes) for tr, _, te in parts]
+
     per_seed = []
     for seed in range(config.seeds):
         runs = [

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.data import CropDataset
-from trainer.embed import crop_bounds, resolve_device
+from trainer.device import resolve_device
+from trainer.embed import crop_bounds
 from trainer.probe import ProbeConfig, ProbeResult
 
 
@@ -394,10 +395,13 @@ def run_supervised(
     Raises
     ------
     ValueError
-        ``config.folds`` set (supervised training uses the store's splits only), labels
-        holding several tags with ``task="classification"``, labels in test or valid that
-        train lacks, and whatever :func:`train_supervised` refuses.
+        A device this machine lacks (:class:`trainer.device.DeviceError`), an unknown
+        encoder or encoder argument, ``config.folds`` set (supervised training uses the
+        store's splits only), labels holding several tags with ``task="classification"``,
+        labels in test or valid that train lacks, and whatever :func:`train_supervised`
+        refuses.
     """
+    from trainer.encoders import build_encoder
     from trainer.probe import (
         MAIN_METRIC,
         _check_coverage,
@@ -409,6 +413,9 @@ def run_supervised(
         resolve_task,
     )
 
+    device = resolve_device(device)
+    with torch.device("meta"):  # the encoder's name and arguments, at no cost
+        build_encoder(encoder, **(encoder_kwargs or {}))
     config = config or ProbeConfig()
     if config.folds is not None:
         raise ValueError(

@@ -41,9 +41,12 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.config import PretrainConfig
+
+if TYPE_CHECKING:
+    from trainer.probe import ProbeConfig
 
 
 @dataclass
@@ -157,23 +160,115 @@ def probe_specs(sweep: Sweep, out: Path) -> Iterator[tuple[str, str]]:
             yield _slug(baseline), baseline
 
 
+@dataclass
+class ProbeStore:
+    """One probe store of a sweep with its probe options, checked before any work."""
+
+    name: str
+    path: str
+    config: ProbeConfig
+    pooling: str = "mean+std"
+    crop_seconds: float = 10.0
+    supervised_steps: int = 500
+    supervised_crop_seconds: float = 2.0
+
+
+def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
+    """Everything a sweep can check before its first step: devices, probe options, probe
+    stores and their labels for the protocol, and the baselines.
+
+    Parameters
+    ----------
+    sweep : Sweep
+    device : str
+        The device of runs and probes whose config says ``auto`` (or nothing).
+
+    Returns
+    -------
+    list of ProbeStore
+        The probe stores with their parsed options, in the sweep's order.
+
+    Raises
+    ------
+    ValueError
+        A device this machine lacks (:class:`trainer.device.DeviceError`), an unknown
+        probe option, a probe store that does not open or whose labels do not suit the
+        probe (:func:`trainer.probe.check_store`), an unknown baseline, or
+        ``mfcc-stats`` on a store without ``mfcc``.
+    """
+    import dataclasses
+
+    import torch
+
+    from featurestore.store import open_store
+    from trainer.device import resolve_device
+    from trainer.embed import MfccStatsEmbedder, load_embedder
+    from trainer.encoders import build_encoder
+    from trainer.probe import ProbeConfig, check_store
+
+    resolve_device(device)
+    for run in sweep.runs:
+        resolve_device(run.config.device, option=f"run {run.name}: device")
+    known = {f.name for f in dataclasses.fields(ProbeConfig)} | {
+        "pooling", "crop_seconds", "supervised_steps", "supervised_crop_seconds"}
+    stores = []
+    for store_name, entry in sweep.probe_stores.items():
+        # A probe store is a path, or a table with a path and its own probe options.
+        options = {**sweep.probe, **(entry if isinstance(entry, dict) else {"path": entry})}
+        if "path" not in options:
+            raise ValueError(f"probe store {store_name!r}: no path")
+        unknown = sorted(set(options) - known - {"path"})
+        if unknown:
+            raise ValueError(f"probe store {store_name!r}: unknown probe option(s) "
+                             f"{', '.join(unknown)}")
+        path = str(options.pop("path"))
+        pooling = options.pop("pooling", "mean+std")
+        crop = options.pop("crop_seconds", 10.0)
+        steps = int(options.pop("supervised_steps", 500))
+        supervised_crop = float(options.pop("supervised_crop_seconds", 2.0))
+        try:
+            config = ProbeConfig(**{**options, "device": options.get("device", device)})
+        except ValueError as e:
+            raise type(e)(f"probe store {store_name!r}: {e}") from None
+        store = ProbeStore(store_name, path, config, pooling, crop, steps, supervised_crop)
+        check_store(store.path, store.config)
+        for baseline in sweep.baselines:
+            if baseline == "random":
+                continue
+            if baseline.startswith("supervised:"):
+                with torch.device("meta"):
+                    build_encoder(baseline.split(":", 1)[1])
+                continue
+            embedder = load_embedder(baseline)
+            if isinstance(embedder, MfccStatsEmbedder):
+                embedder.check(open_store(store.path))
+        stores.append(store)
+    return stores
+
+
 def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool = True,
               echo: Callable[[str], None] = print) -> Path:
     """Pre-train every run (resuming unfinished ones, skipping finished ones), probe every
     encoder and baseline on every probe store (skipping finished reports), and write
-    ``comparison.md``. Returns its path."""
+    ``comparison.md``. Returns its path.
+
+    :func:`check_sweep` runs first: a bad device, probe option, probe store or baseline
+    is refused before anything is trained or written.
+    """
     from trainer.embed import clip_embeddings
     from trainer.pretrain import CHECKPOINT, ENCODER, pretrain
-    from trainer.probe import ProbeConfig, run_probe
+    from trainer.probe import run_probe
     from trainer.report import compare, write_report
 
+    probe_stores = check_sweep(sweep, device)
     out.mkdir(parents=True, exist_ok=True)
     for k, run in enumerate(sweep.runs, 1):
         folder = Path(run.config.out)
         if (folder / ENCODER).exists():
             echo(f"[{k}/{len(sweep.runs)}] {run.name}: pre-trained already")
             continue
-        run.config.device = device if run.config.device == "auto" else run.config.device
+        if run.config.device == "auto":
+            run.config.device = device
         if sweep.pretrain_splits is not None:
             run.config.splits = list(sweep.pretrain_splits)
         resume = (folder / CHECKPOINT).exists()
@@ -181,15 +276,11 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
              f" ({run.config.steps} steps)")
         pretrain(run.config, resume=resume, progress=progress)
     results = []
-    for store_name, entry in sweep.probe_stores.items():
-        # A probe store is a path, or a table with a path and its own probe options.
-        options = {**sweep.probe, **(entry if isinstance(entry, dict) else {"path": entry})}
-        store_path = str(options.pop("path"))
-        pooling = options.pop("pooling", "mean+std")
-        crop_seconds = options.pop("crop_seconds", 10.0)
-        supervised_steps = int(options.pop("supervised_steps", 500))
-        supervised_crop = float(options.pop("supervised_crop_seconds", 2.0))
-        config = ProbeConfig(**{**options, "device": options.get("device", device)})
+    for probe_store in probe_stores:
+        store_name, store_path, config = probe_store.name, probe_store.path, probe_store.config
+        pooling, crop_seconds = probe_store.pooling, probe_store.crop_seconds
+        supervised_steps = probe_store.supervised_steps
+        supervised_crop = probe_store.supervised_crop_seconds
         for name, spec in probe_specs(sweep, out):
             report_dir = out / "reports" / name / _slug(store_name)
             if spec.startswith("supervised:") and config.folds is not None:

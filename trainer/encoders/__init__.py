@@ -7,6 +7,7 @@ constructor arguments and ``config()`` returning the keyword arguments that rebu
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -28,13 +29,19 @@ def build_encoder(name: str, **kwargs: Any) -> nn.Module:
     Raises
     ------
     ValueError
-        If ``name`` is not a key of :data:`ENCODERS`.
+        If ``name`` is not a key of :data:`ENCODERS`, or ``kwargs`` names an argument its
+        constructor does not take.
     """
     try:
         cls = ENCODERS[name]
     except KeyError:
         known = ", ".join(sorted(ENCODERS))
         raise ValueError(f"unknown encoder {name!r}; known encoders: {known}") from None
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as e:
+        known = ", ".join(inspect.signature(cls).parameters)
+        raise ValueError(f"encoder {name!r}: {e}; its arguments: {known}") from None
     return cls(**kwargs)
 
 
