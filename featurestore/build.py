@@ -6,7 +6,7 @@
              <store>.parts/part-00042.h5 (temp name, then rename) ──► assemble ──► <store>.h5
 
 A shard is complete iff its file exists under its final name and its recorded partition
-hash (clip rows, file sizes and times, target specs, sample rate, hop) matches: an
+hash (clip rows and their pieces, file contents, target specs, sample rate, hop) matches: an
 interrupted build recomputes only the missing shards. Building a store again with more
 targets computes only the new targets, partition for partition, and merges them in.
 """
@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featurestore.audio import MIN_SAMPLE_RATE
+from featurestore.crashes import explain_worker_death, is_worker_death
 from featurestore.errors import FeatureStoreError
-from featurestore.extract import ExtractConfig, PartitionResult, extract_partition
-from featurestore.manifest import Clip, manifest_hash
+from featurestore.extract import ExtractConfig, PartitionResult, extract_partition, plan_pieces
+from featurestore.lock import output_lock
+from featurestore.manifest import Piece, manifest_hash
 from featurestore.sources import load_manifest
 from featurestore.store import (
     SCHEMA_VERSION,
@@ -36,6 +39,8 @@ from featurestore.store import (
     format_bytes,
     format_hours,
     open_store,
+    set_id_for,
+    set_problems,
     write_shard,
 )
 from featurestore.targets import resolve
@@ -149,30 +154,49 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def default_partition_size(n_clips: int) -> int:
-    """Clips per partition when none is given: at least 8 tasks for small corpora (so that
-    every worker of a small cluster stays busy to the end), at most 16 clips per task.
-    A function of the manifest alone, so that a rerun finds the same shards."""
-    return max(1, min(16, math.ceil(n_clips / 8)))
+PARTITION_SECONDS = 600.0
+"""Audio one partition holds at most, in seconds (``max_seconds`` when that is longer):
+with the clip count, what bounds a task's memory and the result it sends to the client,
+however long the files are."""
 
 
-def partitions(clips: Sequence[Clip], size: int) -> list[list[Clip]]:
-    """Consecutive groups of ``size`` clips (the last may be shorter)."""
-    return [list(clips[i : i + size]) for i in range(0, len(clips), size)]
+def default_partition_size(n_pieces: int) -> int:
+    """Pieces (clips, or segments of long files) per partition when none is given: at
+    least 8 tasks for small corpora (so that every worker of a small cluster stays busy to
+    the end), at most 16 pieces per task. A function of the plan alone, so that a rerun
+    finds the same shards."""
+    return max(1, min(16, math.ceil(n_pieces / 8)))
 
 
-def partition_hash(part: Sequence[Clip], config: ExtractConfig) -> str:
-    """Identity of a shard: its rows, their files' size and mtime, and the config."""
-    stamps = []
-    for clip in part:
-        try:
-            st = os.stat(clip.path)
-            stamps.append((st.st_size, st.st_mtime_ns))
-        except OSError:
-            stamps.append(None)
+def partitions(pieces: Sequence[Piece], size: int,
+               max_samples: int | None = None) -> list[list[Piece]]:
+    """Consecutive groups of at most ``size`` pieces holding at most ``max_samples``
+    planned samples (:attr:`Piece.samples`; a piece alone may hold more), in order.
+    A function of the plan alone, so that a rerun finds the same shards."""
+    parts: list[list[Piece]] = []
+    current: list[Piece] = []
+    samples = 0
+    for piece in pieces:
+        full = len(current) == size or (
+            max_samples is not None and samples + piece.samples > max_samples)
+        if current and full:
+            parts.append(current)
+            current, samples = [], 0
+        current.append(piece)
+        samples += piece.samples
+    if current:
+        parts.append(current)
+    return parts
+
+
+def partition_hash(part: Sequence[Piece], config: ExtractConfig) -> str:
+    """Identity of a shard: its rows, their pieces, their files' content hashes
+    (:func:`featurestore.audio.content_hash`, taken when the pieces were planned), and
+    the config. A file rewritten with the same size and modification time changes it."""
+    pieces = [[p.segment, p.n_segments, p.last, p.samples, p.content] for p in part]
     extra = {"schema": SCHEMA_VERSION, "config": config.__dict__, "specs": config.specs(),
-             "files": stamps}
-    return manifest_hash(part, extra)
+             "pieces": pieces}
+    return manifest_hash([p.clip for p in part], extra)
 
 
 def _shard_is_complete(path: Path, expected: str) -> bool:
@@ -208,17 +232,21 @@ def _stored_targets(files: Sequence[Path], sample_rate: int, hop: int) -> dict[s
 
 def _complete_file_set(files: list[Path]) -> bool:
     """Whether ``<stem>-NNN.h5`` files are one whole corpus: each records its place
-    ``[k, K]`` and all K are there (a fresh build killed while writing them is not)."""
+    ``[k, K]`` in one set and all K are there (a fresh build killed while writing them,
+    or a file of another build, is not)."""
     import h5py
 
-    places = []
+    members = []
     for path in files:
         try:
             with h5py.File(path, "r") as f:
-                places.append(json.loads(str(f.attrs["files"])))
-        except (OSError, KeyError, ValueError):
+                attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        except OSError:
             return False
-    return sorted(places) == [[k, len(files)] for k in range(len(files))]
+        if "files" not in attrs:
+            return False
+        members.append((path, attrs))
+    return not set_problems(members)
 
 
 def _same_declaration(stored: Any, current: Any) -> bool:
@@ -238,6 +266,7 @@ def build(
     hop: int = 160,
     workers: int | None = None,
     scheduler: str | None = None,
+    worker_timeout: float = 120.0,
     executor: cf.Executor | None = None,
     partition_size: int | None = None,
     max_seconds: float = 600.0,
@@ -266,6 +295,9 @@ def build(
         Processes of the local Dask cluster (default: every core).
     scheduler : str, optional
         Address of an existing Dask scheduler to run on instead.
+    worker_timeout : float
+        Seconds the build waits while no Dask worker is connected (all lost, or a cluster
+        that never gets any) before it stops with an error; finished shards are kept.
     executor : concurrent.futures.Executor, optional
         Any executor to run the partitions on (a Dask ``client.get_executor()``, a process
         pool, ...); overrides ``workers`` and ``scheduler``.
@@ -283,15 +315,108 @@ def build(
     Returns
     -------
     BuildReport
+
+    Raises
+    ------
+    FeatureStoreError
+        Invalid options (before any work is done), another build writing the same output
+        (nothing is changed), no readable clip, a worker crash (naming the file and the
+        target), or a full disk (the previous store stays as it was).
     """
-    t0 = time.perf_counter()
     output = Path(output)
-    if output.suffix != ".h5":
-        raise FeatureStoreError(f"{output}: the store name must end in .h5")
-    if partition_size is not None and partition_size < 1:
-        raise FeatureStoreError(f"partition size must be at least 1, got {partition_size}")
-    if hours_per_file is not None and not hours_per_file > 0:
-        raise FeatureStoreError(f"hours per file must be positive, got {hours_per_file}")
+    check_options(output, sample_rate=sample_rate, hop=hop, workers=workers,
+                  partition_size=partition_size, max_seconds=max_seconds,
+                  min_seconds=min_seconds, hours_per_file=hours_per_file,
+                  worker_timeout=worker_timeout)
+    resolve(targets)  # unknown names fail here, before anything is written
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output):
+        _remove_temporaries(output)  # of a build that was killed
+        try:
+            return _build(
+                source, output, layout=layout, targets=targets, sample_rate=sample_rate,
+                hop=hop, workers=workers, scheduler=scheduler, worker_timeout=worker_timeout,
+                executor=executor, partition_size=partition_size, max_seconds=max_seconds,
+                min_seconds=min_seconds, hours_per_file=hours_per_file, strict=strict,
+                progress=progress,
+            )
+        finally:
+            # Temporary files are never worth keeping (finished shards are: they resume).
+            _remove_temporaries(output)
+
+
+def check_options(
+    output: Path, *, sample_rate: int, hop: int, workers: int | None,
+    partition_size: int | None, max_seconds: float, min_seconds: float,
+    hours_per_file: float | None, worker_timeout: float,
+) -> None:
+    """Refuse options that cannot work, before any file is read or written.
+
+    Raises
+    ------
+    FeatureStoreError
+        Naming the option, the value given and what is expected.
+    """
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise FeatureStoreError(what)
+
+    need(output.suffix == ".h5", f"{output}: the store name must end in .h5")
+    need(isinstance(sample_rate, int) and sample_rate >= MIN_SAMPLE_RATE,
+         f"sample rate must be an integer of at least {MIN_SAMPLE_RATE} Hz, got {sample_rate}")
+    need(isinstance(hop, int) and 1 <= hop <= sample_rate,
+         f"hop must be an integer from 1 to the sample rate ({sample_rate}), got {hop}")
+    need(workers is None or workers >= 1, f"workers must be at least 1, got {workers}")
+    need(partition_size is None or partition_size >= 1,
+         f"partition size must be at least 1, got {partition_size}")
+    need(math.isfinite(max_seconds) and max_seconds > 0,
+         f"max seconds must be positive, got {max_seconds}")
+    need(math.isfinite(min_seconds) and 0 <= min_seconds <= max_seconds,
+         f"min seconds must be from 0 to max seconds ({max_seconds:g}), got {min_seconds}")
+    need(max_seconds * sample_rate >= hop,
+         f"max seconds ({max_seconds:g}) must hold at least one hop ({hop} samples)")
+    need(hours_per_file is None or (math.isfinite(hours_per_file) and hours_per_file > 0),
+         f"hours per file must be positive, got {hours_per_file}")
+    need(worker_timeout > 0, f"worker timeout must be positive, got {worker_timeout}")
+
+
+def _remove_temporaries(output: Path) -> None:
+    """Remove the temporary files of builds of ``output`` (this one, or killed ones; the
+    caller holds the output's lock, so no live writer owns them), and the shard folder
+    when it holds no shard."""
+    parts_dir = output.with_name(output.name + ".parts")
+    patterns = (f"{output.name}.tmp-*", f"{output.stem}-[0-9][0-9][0-9]{output.suffix}.tmp-*")
+    for pattern in patterns:
+        for stale in output.parent.glob(pattern):
+            stale.unlink(missing_ok=True)
+    if parts_dir.is_dir():
+        for stale in parts_dir.glob("*.tmp-*"):
+            stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            parts_dir.rmdir()  # only when empty
+
+
+def _build(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    layout: str = "auto",
+    targets: str | Sequence[str] = "default",
+    sample_rate: int = 16000,
+    hop: int = 160,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    worker_timeout: float = 120.0,
+    executor: cf.Executor | None = None,
+    partition_size: int | None = None,
+    max_seconds: float = 600.0,
+    min_seconds: float = 0.5,
+    hours_per_file: float | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """The build itself; the caller has checked the options and holds the lock."""
+    t0 = time.perf_counter()
     requested = [t.name for t in resolve(targets)]
     clips = load_manifest(source, layout)
     existing_files = output_files(output, hours_per_file)
@@ -313,6 +438,7 @@ def build(
             )
     new = [n for n in requested if n not in stored]
     if existing_files and not new:
+        _remove_assembled_shards(output.with_name(output.name + ".parts"), set(stored))
         report = _report(existing_files, [], 0, 0, t0)
         report.notes.append("up to date: every requested target is in the store")
         return report
@@ -323,21 +449,17 @@ def build(
             if partition_size is not None:
                 notes.append(f"partition size {int(recorded)} of the existing files used")
             partition_size = int(recorded)
-    if partition_size is None:
-        partition_size = default_partition_size(len(clips))
     config = ExtractConfig(
         targets=tuple(new), sample_rate=sample_rate, hop=hop, max_seconds=max_seconds,
         min_seconds=min_seconds, with_waveform=not existing_files,
     )
-    parts = partitions(clips, partition_size)
+    pieces = plan_pieces(clips, config)  # reads every file's header and hashes its bytes
+    if partition_size is None:
+        partition_size = default_partition_size(len(pieces))
+    parts = partitions(pieces, partition_size,
+                       round(max(PARTITION_SECONDS, max_seconds) * sample_rate))
     parts_dir = output.with_name(output.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    # Temporary files of a build that was killed: shards, or a store being assembled.
-    for pattern in (f"{output.name}.tmp-*", f"{output.stem}-[0-9][0-9][0-9].h5.tmp-*"):
-        for stale in output.parent.glob(pattern):
-            stale.unlink()
-    for stale in parts_dir.glob("*.tmp-*"):
-        stale.unlink()
     shard_paths = [parts_dir / f"part-{i:05d}.h5" for i in range(len(parts))]
     hashes = [partition_hash(p, config) for p in parts]
     todo = [i for i, (path, h) in enumerate(zip(shard_paths, hashes, strict=True))
@@ -345,7 +467,8 @@ def build(
     with contextlib.ExitStack() as stack:
         if todo and executor is None:
             executor = stack.enter_context(dask_executor(workers, scheduler))
-        _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress)
+        _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress,
+                        worker_timeout)
     if not existing_files:
         shards = [open_store(p) for p in shard_paths]
         if not any(s.n_clips for s in shards):
@@ -373,6 +496,21 @@ def _remove_shards(parts_dir: Path) -> None:
         parts_dir.rmdir()
 
 
+def _remove_assembled_shards(parts_dir: Path, stored: set[str]) -> None:
+    """Remove shards whose every target is already in the store (left by a build killed
+    between writing the store and removing its shards); shards of an unfinished pass that
+    adds other targets are kept for its resume."""
+    for path in parts_dir.glob("part-*.h5"):
+        try:
+            redundant = set(open_store(path).specs) <= stored
+        except FeatureStoreError:
+            redundant = True  # unreadable: a resume would recompute it anyway
+        if redundant:
+            path.unlink()
+    with contextlib.suppress(OSError):
+        parts_dir.rmdir()
+
+
 def _spec_of(name: str) -> Any:
     from featurestore.targets.base import TargetSpec
 
@@ -380,8 +518,9 @@ def _spec_of(name: str) -> Any:
 
 
 def _run_partitions(
-    parts: list[list[Clip]], todo: list[int], shard_paths: list[Path], hashes: list[str],
+    parts: list[list[Piece]], todo: list[int], shard_paths: list[Path], hashes: list[str],
     config: ExtractConfig, executor: cf.Executor | None, strict: bool, progress: bool,
+    worker_timeout: float,
 ) -> None:
     """Run the missing partitions with a bounded number in flight; write each shard as
     its result arrives."""
@@ -406,12 +545,17 @@ def _run_partitions(
             while queue and len(running) < window:
                 i = queue.pop(0)
                 running[executor.submit(extract_partition, parts[i], config)] = i
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            finished = _wait_for_any(running, executor, worker_timeout)
             for future in finished:
                 i = running.pop(future)
                 try:
                     result = future.result()
                 except Exception as e:  # noqa: BLE001 - a lost worker, not one bad input
+                    if is_worker_death(e):
+                        died = [i] + [running[f] for f in finished if f in running
+                                      and is_worker_death(f.exception())]
+                        raise FeatureStoreError(explain_worker_death(
+                            [(k, parts[k]) for k in died], config)) from None
                     files = parts[i][0].path + (
                         f" ... {parts[i][-1].path}" if len(parts[i]) > 1 else "")
                     raise FeatureStoreError(
@@ -432,6 +576,33 @@ def _run_partitions(
         for future in running:
             future.cancel()
         bar.close()
+
+
+def _wait_for_any(running: dict[cf.Future[PartitionResult], int], executor: cf.Executor,
+                  worker_timeout: float) -> set[cf.Future[PartitionResult]]:
+    """Wait until a task finishes; stop with an error once a Dask executor has had no
+    worker connected for ``worker_timeout`` seconds (Dask would wait for one forever)."""
+    client = getattr(executor, "_client", None)
+    poll = min(5.0, worker_timeout / 4)
+    alone_since: float | None = None
+    while True:
+        finished, _ = cf.wait(running, timeout=poll, return_when=cf.FIRST_COMPLETED)
+        if finished or client is None:
+            return finished
+        try:
+            n_workers = len(client.nthreads())
+        except Exception:  # noqa: BLE001 - the scheduler itself is gone: as good as none
+            n_workers = 0
+        now = time.monotonic()
+        if n_workers:
+            alone_since = None
+        elif alone_since is None:
+            alone_since = now
+        elif now - alone_since >= worker_timeout:
+            raise FeatureStoreError(
+                f"no Dask worker has been connected to the scheduler for {worker_timeout:g} s "
+                "(all lost?); finished shards are kept: start workers and run the same "
+                "command to resume (--worker-timeout sets this wait)")
 
 
 def _parallelism(executor: cf.Executor) -> int:
@@ -462,20 +633,24 @@ def _assemble(output: Path, shard_paths: list[Path], existing: list[Path],
         return outputs
     groups: list[tuple[int, int]] = []
     first, seconds = 0, 0.0
+    rows: list[list[str]] = []  # what the set holds: its identity, whatever the targets
     for i, path in enumerate(shard_paths):
-        seconds += open_store(path).seconds
+        shard = open_store(path)
+        seconds += shard.seconds
+        rows += [[*row] for row in zip(shard.clips["id"], shard.clips["sha1"], strict=True)]
         if seconds >= hours_per_file * 3600 or i == len(shard_paths) - 1:
             if seconds == 0 and groups:  # a tail of unreadable inputs: no empty file
                 groups[-1] = (groups[-1][0], i + 1)
             else:
                 groups.append((first, i + 1))
             first, seconds = i + 1, 0.0
+    set_id = set_id_for({"clips": rows, "files": groups})
     outputs = []
     for k, (first, stop) in enumerate(groups):
         path = output.with_name(f"{output.stem}-{k:03d}{output.suffix}")
         assemble(path, shard_paths[first:stop],
                  attrs={**attrs, "partitions": json.dumps([first, stop]),
-                        "files": json.dumps([k, len(groups)])})
+                        "files": json.dumps([k, len(groups)]), "set_id": set_id})
         outputs.append(path)
     # Files of an earlier, larger split of this output would be taken for part of it.
     for stale in output_files(output, hours_per_file):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import click
 
+from featurestore.audio import MIN_SAMPLE_RATE
 from featurestore.errors import FeatureStoreError
 
 
@@ -21,6 +23,12 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            # The reader went away (``featurestore info X | head``): not an error. Point
+            # stdout at /dev/null so that the interpreter's final flush is quiet too.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except FeatureStoreError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
@@ -48,30 +56,39 @@ def main() -> None:
               help="auto, folder, csv, gtzan, nsynth, mtat or fma.")
 @click.option("--targets", default="default", show_default=True,
               help="'default', 'all' or comma-separated names (see 'featurestore targets').")
-@click.option("--sample-rate", default=16000, show_default=True, type=int)
-@click.option("--hop", default=160, show_default=True, type=int, help="Samples per frame.")
-@click.option("--workers", type=int, help="Local Dask worker processes [all cores].")
+@click.option("--sample-rate", default=16000, show_default=True,
+              type=click.IntRange(min=MIN_SAMPLE_RATE), help="Store sample rate (Hz).")
+@click.option("--hop", default=160, show_default=True, type=click.IntRange(min=1),
+              help="Samples per frame.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Local Dask worker processes [all cores].")
 @click.option("--scheduler", help="Run on an existing Dask cluster (tcp://host:8786).")
-@click.option("--partition-size", type=int,
+@click.option("--worker-timeout", default=120.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds to wait while no Dask worker is connected before giving up.")
+@click.option("--partition-size", type=click.IntRange(min=1),
               help="Clips per task and shard [ceil(clips / 8), at most 16].")
 @click.option("--max-seconds", default=600.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Longer files become several clips.")
-@click.option("--min-seconds", default=0.5, show_default=True,
+@click.option("--min-seconds", default=0.5, show_default=True, type=click.FloatRange(min=0),
               help="Shorter files are skipped and recorded.")
-@click.option("--hours-per-file", type=float, help="Write the corpus as several store files.")
+@click.option("--hours-per-file", type=click.FloatRange(min=0, min_open=True),
+              help="Write the corpus as several store files.")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable input.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def build(source: str, output: str, layout: str, targets: str, sample_rate: int, hop: int,
-          workers: int | None, scheduler: str | None, partition_size: int | None,
-          max_seconds: float, min_seconds: float, hours_per_file: float | None, strict: bool,
-          quiet: bool) -> None:
+          workers: int | None, scheduler: str | None, worker_timeout: float,
+          partition_size: int | None, max_seconds: float, min_seconds: float,
+          hours_per_file: float | None, strict: bool, quiet: bool) -> None:
     """Build, extend or resume the store OUTPUT from SOURCE."""
     from featurestore.build import build as run_build
 
     report = run_build(
         source, output, layout=layout, targets=targets, sample_rate=sample_rate, hop=hop,
-        workers=workers, scheduler=scheduler, partition_size=partition_size,
+        workers=workers, scheduler=scheduler, worker_timeout=worker_timeout,
+        partition_size=partition_size,
         max_seconds=max_seconds, min_seconds=min_seconds, hours_per_file=hours_per_file,
         strict=strict, progress=not quiet,
     )
@@ -142,20 +159,28 @@ def info(store: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("stores", nargs=-1, required=True, type=click.Path())
+@click.option("--quick", is_flag=True,
+              help="Skip the checksums: schema, clip table, sizes, statistics, NaN/Inf and "
+                   "the set of files only.")
 @_user_errors
-def verify(stores: tuple[str, ...]) -> None:
-    """Check STORES end to end; exit non-zero on any problem."""
+def verify(stores: tuple[str, ...], quick: bool) -> None:
+    """Check STORES end to end, every checksum included; exit non-zero on any problem.
+
+    One line per problem on stderr, each starting with the store's path; "PATH: ok" on
+    stdout for a sound store.
+    """
+    from featurestore.store import printable
     from featurestore.store import verify as run_verify
 
     bad = 0
     for path in stores:
-        problems = run_verify(path)
+        problems = run_verify(path, quick=quick)
         if problems:
             bad += 1
             for p in problems:
-                click.echo(f"{path}: {p}", err=True)
+                click.echo(printable(f"{path}: {p}"), err=True)
         else:
-            click.echo(f"{path}: ok")
+            click.echo(printable(f"{path}: ok"))
     sys.exit(1 if bad else 0)
 
 

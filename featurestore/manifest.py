@@ -47,6 +47,71 @@ class Clip:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One unit of a build's work: one segment of a clip's file (usually its only one).
+
+    A file longer than the store's ``max_seconds`` is planned as several pieces, one per
+    segment, from its header; pieces, not files, are grouped into partitions, so that
+    neither a task's memory nor its result grows with the length of a file.
+
+    Parameters
+    ----------
+    clip : Clip
+        The manifest row.
+    segment : int
+        The segment this piece decodes: output samples from ``segment * L`` on, ``L`` the
+        segment length in samples at the store's rate.
+    n_segments : int
+        Segments the file is planned to keep (at least 1). More than one: the file's
+        clips are stored as ``<id>@0000``, ``<id>@0001``, ...
+    last : bool
+        Whether this piece decodes on to the end of the file (the file's last piece): it
+        drops a final segment shorter than ``min_seconds`` and checks the file's end.
+    samples : int
+        Samples at the store's rate this piece is planned to store (what partitions are
+        budgeted by); 0 when the file cannot be used.
+    content : str or None
+        The file's content hash (:func:`featurestore.audio.content_hash`) when planned;
+        None when it could not be read.
+    """
+
+    clip: Clip
+    segment: int = 0
+    n_segments: int = 1
+    last: bool = True
+    samples: int = 0
+    content: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The audio file (the clip's)."""
+        return self.clip.path
+
+
+def invalid_utf8(clip: Clip) -> str | None:
+    """Why ``clip`` cannot be stored as UTF-8 text (its path, or another field, holds a
+    lone surrogate: a file name of bytes that are not UTF-8, as ``os.listdir`` returns
+    them), or None when it can. The store's strings are UTF-8: such a clip can only be an
+    error row."""
+
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if bad(clip.path):
+        return "file name is not valid UTF-8"
+    fields = {"id": clip.id, "label": clip.label, "split": clip.split, "group": clip.group}
+    fields.update({f"meta {k!a}": f"{k}{v}" for k, v in clip.meta.items()})
+    for name, text in fields.items():
+        if bad(text):
+            return f"clip {name} is not valid UTF-8"
+    return None
+
+
 SPLITS = ("train", "valid", "test", "")
 
 

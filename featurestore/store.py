@@ -5,7 +5,8 @@ One HDF5 file per data set (or per slice of a large corpus), readable with plain
     /                  attrs: schema_version, sample_rate, hop, created, source, versions (JSON);
                        build bookkeeping: partition_size, partitions ([first, stop) of the
                        build's partitions held here), files ([k, K], only for a corpus
-                       written as K files ``<stem>-NNN.h5``)
+                       written as K files ``<stem>-NNN.h5``) and set_id (the same on the
+                       K files of one set)
     /clips/<column>    one 1-D dataset per column, row i = clip i:
                        id, path, label, split, group, sha1, meta (JSON) (UTF-8 strings);
                        n_samples, n_frames, sample_offset, frame_offset (int64)
@@ -16,23 +17,47 @@ One HDF5 file per data set (or per slice of a large corpus), readable with plain
                        (float64, exact over every stored value)
     /errors/path, /errors/reason   one row per skipped input
 
+Every dataset above carries block checksums, computed from the bytes as they are written:
+attrs ``checksum_algorithm`` (``"xxh3_64"``), ``checksum_block_rows`` (B) and
+``checksums`` (uint64, one digest per block of B rows; the last block may be shorter; one
+digest of no bytes for an empty dataset). For ``/waveform`` and ``/targets/*`` a block's
+digest is over the rows' raw little-endian bytes as stored; for the clip and error
+columns it is over the rows' values, each an 8-byte little-endian length and the bytes
+of the value (strings) or the 8-byte little-endian integer (int64 columns).
+
+Strings are stored as UTF-8; a file name that is not valid UTF-8 (read by Python as a
+``str`` with surrogate escapes, ``'bad\\udcff.wav'``) is stored as its original bytes and
+read back as the same ``str`` (``bytes.decode("utf-8", "surrogateescape")``).
+
 Contiguous and uncompressed on purpose: :func:`open_store` maps each array with
 ``numpy.memmap`` at the offset HDF5 reports, so the training hot path makes no HDF5 call
 and any number of processes share the page cache. Shard files of a build use the same
 schema, so a shard is a small store.
+
+Writing: HDF5 lays every file out in memory (:class:`_FileImage`), where a write cannot
+fail; featurestore then writes those bytes and the large arrays into a temporary file
+with plain ``os.pwrite`` calls and renames it into place. A full disk is therefore an
+ordinary ``OSError`` in featurestore's own code (turned into one
+:class:`FeatureStoreError` line, the temporary file removed), never a failed write inside
+HDF5, which leaves the library in a state where closing the file, or the interpreter's
+exit, crashes the process with a segmentation fault.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
+import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from featurestore.errors import FeatureStoreError
 from featurestore.extract import Moments, PartitionResult
@@ -42,6 +67,20 @@ from featurestore.targets.base import TargetSpec
 SCHEMA_VERSION = 1
 STRING_COLUMNS = ("id", "path", "label", "split", "group", "sha1", "meta")
 INT_COLUMNS = ("n_samples", "n_frames", "sample_offset", "frame_offset")
+ERROR_COLUMNS = ("path", "reason")
+
+CHECKSUM_ALGORITHM = "xxh3_64"
+CHECKSUM_BLOCK_BYTES = 1 << 20
+"""Bytes a checksum block of a large array aims at (a whole number of rows, a power of
+two; more when the array would otherwise have more than CHECKSUM_MAX_BLOCKS blocks)."""
+CHECKSUM_MAX_BLOCKS = 4096
+"""Digests per dataset at most: 32 KiB, within HDF5's 64 KiB limit for one attribute."""
+COLUMN_BLOCK_ROWS = 4096
+"""Rows per checksum block of the clip and error columns (at least)."""
+
+_WRITE_ERRORS = {errno.ENOSPC: "disk full", errno.EFBIG: "file size limit reached"}
+if hasattr(errno, "EDQUOT"):
+    _WRITE_ERRORS[errno.EDQUOT] = "disk quota exceeded"
 
 
 def _h5py() -> Any:
@@ -93,6 +132,28 @@ class Stats:
         return Moments(self.count, self.mean, m2)
 
 
+@dataclass(frozen=True)
+class Checksums:
+    """The block checksums of one dataset, as recorded when it was written.
+
+    Attributes
+    ----------
+    algorithm : str
+        ``"xxh3_64"``.
+    block_rows : int
+        Rows per block; the last block may be shorter.
+    digests : np.ndarray, shape (n_blocks,), uint64
+    """
+
+    algorithm: str
+    block_rows: int
+    digests: np.ndarray
+
+    def n_blocks(self, rows: int) -> int:
+        """Blocks a dataset of ``rows`` rows has (one, of no rows, when it is empty)."""
+        return max(1, -(-rows // self.block_rows))
+
+
 @dataclass
 class Store:
     """An opened store: plain numpy data and read-only memory maps; no open HDF5 handle.
@@ -111,6 +172,9 @@ class Store:
     errors : list of (path, reason)
     attrs : dict
         Root attributes (schema_version, created, source, versions, ...).
+    checksums : dict of str to Checksums
+        By dataset path without the leading slash (``"waveform"``, ``"targets/mfcc"``,
+        ``"clips/id"``, ``"errors/path"``); datasets written without checksums are absent.
     """
 
     path: Path
@@ -123,6 +187,7 @@ class Store:
     stats: dict[str, Stats]
     errors: list[tuple[str, str]] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
+    checksums: dict[str, Checksums] = field(default_factory=dict)
 
     @property
     def n_clips(self) -> int:
@@ -215,12 +280,28 @@ def open_store(path: str | os.PathLike[str]) -> Store:
             raise FeatureStoreError(f"{path}: damaged store ({type(e).__name__}: {e})") from None
 
 
+def _read_text(dset: Any) -> np.ndarray:
+    """A string column as ``str`` objects; bytes that are not UTF-8 come back as the
+    surrogate escapes they were written from."""
+    return np.array(dset.asstr(errors="surrogateescape")[...].tolist(), dtype=object)
+
+
+def _read_checksums(dset: Any) -> Checksums | None:
+    if "checksums" not in dset.attrs:
+        return None
+    return Checksums(str(dset.attrs.get("checksum_algorithm", "")),
+                     int(dset.attrs.get("checksum_block_rows", 0)),
+                     np.asarray(dset.attrs["checksums"], dtype=np.uint64).reshape(-1))
+
+
 def _read_store(path: Path, f: Any) -> Store:
     clips = {}
+    checked: dict[str, Any] = {}  # the datasets that carry checksums, by name
     for col in STRING_COLUMNS:
-        clips[col] = np.array(f["clips"][col].asstr()[...], dtype=object)
+        clips[col] = _read_text(f["clips"][col])
     for col in INT_COLUMNS:
         clips[col] = f["clips"][col][...].astype(np.int64)
+    checked.update({f"clips/{col}": f["clips"][col] for col in (*STRING_COLUMNS, *INT_COLUMNS)})
     targets, specs, stats = {}, {}, {}
     for name, dset in f.get("targets", {}).items():
         targets[name] = _memmap(path, dset)
@@ -229,21 +310,38 @@ def _read_store(path: Path, f: Any) -> Store:
         stats[name] = Stats(int(dset.attrs["count"]), np.asarray(dset.attrs["mean"]),
                             np.asarray(dset.attrs["std"]),
                             None if m2 is None else np.asarray(m2))
+        checked[f"targets/{name}"] = dset
     errors = []
     if "errors" in f:
-        errors = list(zip(f["errors"]["path"].asstr()[...],
-                          f["errors"]["reason"].asstr()[...], strict=True))
+        errors = list(zip(_read_text(f["errors"]["path"]).tolist(),
+                          _read_text(f["errors"]["reason"]).tolist(), strict=True))
+        checked.update({f"errors/{col}": f["errors"][col] for col in ERROR_COLUMNS})
+    checked["waveform"] = f["waveform"]
+    checksums = {name: cs for name, dset in checked.items()
+                 if (cs := _read_checksums(dset)) is not None}
     attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     return Store(
         path=path, sample_rate=int(attrs["sample_rate"]), hop=int(attrs["hop"]),
         clips=clips, waveform=_memmap(path, f["waveform"]), targets=targets, specs=specs,
-        stats=stats, errors=errors, attrs=attrs,
+        stats=stats, errors=errors, attrs=attrs, checksums=checksums,
     )
 
 
 def open_stores(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Store]:
     """Open several store files of one corpus (a list, or a glob pattern such as
-    ``stores/fma-*.h5``); they must agree on sample rate, hop and target specs."""
+    ``stores/fma-*.h5``); they must agree on sample rate, hop and target specs.
+
+    Files of a corpus written as K files (root attribute ``files`` = ``[k, K]``) are
+    opened only as a whole set: all K of them, each once, all of one set (``set_id``).
+    Files without a ``files`` attribute (single-file stores) are not constrained.
+
+    Raises
+    ------
+    FeatureStoreError
+        A file cannot be opened (see :func:`open_store`); a set is incomplete, holds a
+        file twice or a file of another set (one line naming that file); the files
+        disagree on sample rate, hop or a target's declaration.
+    """
     import glob
 
     if isinstance(paths, (str, os.PathLike)):
@@ -253,6 +351,11 @@ def open_stores(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
             raise FeatureStoreError(f"{pattern}: no store matches")
         paths = found
     stores = [open_store(p) for p in paths]
+    problems = set_problems([(s.path, s.attrs) for s in stores])
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s) with these files)" \
+            if len(problems) > 1 else ""
+        raise FeatureStoreError(problems[0] + more)
     first = stores[0]
     for s in stores[1:]:
         if (s.sample_rate, s.hop) != (first.sample_rate, first.hop):
@@ -265,6 +368,174 @@ def open_stores(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
                 raise FeatureStoreError(f"{s.path}: target {name!r} declared differently from "
                                         f"{first.path}")
     return stores
+
+
+_MEMBER_NAME = re.compile(r"(.+)-(\d{3,})")
+
+
+@dataclass(frozen=True)
+class _Member:
+    path: Path
+    k: int
+    n_files: int
+    set_id: str | None
+    order: int  # position in the caller's list
+
+
+def _family(path: Path) -> tuple[str, str] | None:
+    """``(folder, stem)`` of a file named ``<stem>-NNN.h5``, else None."""
+    m = _MEMBER_NAME.fullmatch(path.stem)
+    if m is None or path.suffix != ".h5":
+        return None
+    return os.path.abspath(path.parent), m.group(1)
+
+
+def _member_path(like: Path, k: int) -> Path | None:
+    """The name file ``k`` of the set that ``like`` belongs to has, by the naming rule."""
+    m = _MEMBER_NAME.fullmatch(like.stem)
+    return like.with_name(f"{m.group(1)}-{k:03d}{like.suffix}") if m else None
+
+
+def _place(value: Any) -> tuple[int, int] | None:
+    """``(k, K)`` from a ``files`` attribute (JSON ``[k, K]``), None when malformed."""
+    try:
+        k, n = (int(v) for v in json.loads(str(value)))
+    except (TypeError, ValueError):
+        return None
+    return (k, n) if 0 <= k < n else None
+
+
+def set_id_for(identity: Any) -> str:
+    """A ``set_id`` for the files of one multi-file store, derived from ``identity`` (any
+    JSON-serialisable description of the corpus and of its split into files), so that
+    writing the same set again gives the same id and another corpus or split another.
+
+    Returns
+    -------
+    str
+        32 hexadecimal digits.
+    """
+    import hashlib
+
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def set_problems(files: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Whether store files make whole sets: problems, one line each, naming a file.
+
+    Parameters
+    ----------
+    files : sequence of (path, root attributes)
+        Files without a ``files`` attribute are ignored. The others are grouped by
+        ``set_id`` (files written without one: by their name ``<stem>-NNN.h5``); each
+        group must hold each of its K files exactly once, and files named as one set
+        must all carry its id.
+
+    Returns
+    -------
+    list of str
+        Empty when every set is whole.
+    """
+    problems: list[str] = []
+    members: list[_Member] = []
+    without_place: set[str] = set()
+    for order, (path, attrs) in enumerate(files):
+        path = Path(path)
+        if "files" not in attrs:
+            without_place.add(os.path.abspath(path))
+            continue
+        place = _place(attrs["files"])
+        if place is None:
+            problems.append(f"{path}: unreadable 'files' attribute {attrs['files']!r}")
+            continue
+        k, n = place
+        sid = attrs.get("set_id")
+        members.append(_Member(path, k, n, None if sid is None else str(sid), order))
+
+    def key(m: _Member) -> tuple[str, Any]:
+        return ("id", m.set_id) if m.set_id is not None else ("name", _family(m.path) or
+                                                            os.path.abspath(m.path))
+
+    def describe(m: _Member) -> str:
+        return f"set id {m.set_id}" if m.set_id is not None else "no set id"
+
+    # A file named as part of a set but written by another build.
+    foreign: set[int] = set()
+    families: dict[Any, list[_Member]] = {}
+    for m in members:
+        if _family(m.path) is not None:
+            families.setdefault(_family(m.path), []).append(m)
+    for fam in families.values():
+        ref = min(fam, key=lambda m: (m.k, m.order))
+        for m in sorted(fam, key=lambda m: (m.k, m.order)):
+            if key(m) != key(ref):
+                foreign.add(m.order)
+                problems.append(f"{m.path}: belongs to another set of store files than "
+                                f"{ref.path} ({describe(m)}, not {describe(ref)}); rebuild "
+                                "the set or remove the stale file")
+    groups: dict[Any, list[_Member]] = {}
+    for m in members:
+        if m.order not in foreign:
+            groups.setdefault(key(m), []).append(m)
+    foreign_paths = {os.path.abspath(m.path) for m in members if m.order in foreign}
+    for group in groups.values():
+        group.sort(key=lambda m: (m.k, m.order))
+        ref = group[0]
+        seen: dict[int, _Member] = {}
+        for m in group:
+            if m.n_files != ref.n_files:
+                problems.append(f"{m.path}: records a set of {m.n_files} files, {ref.path} "
+                                f"one of {ref.n_files}; rebuild the set")
+            elif m.k in seen:
+                other = seen[m.k]
+                problems.append(
+                    f"{m.path}: given twice" if os.path.abspath(m.path) ==
+                    os.path.abspath(other.path) else
+                    f"{m.path}: duplicates {other.path} (both are file {m.k + 1} of "
+                    f"{m.n_files} of one set); use one of them")
+            else:
+                seen[m.k] = m
+        for k in range(ref.n_files):
+            if k in seen:
+                continue
+            expected = _member_path(ref.path, k)
+            where = os.path.abspath(expected) if expected is not None else None
+            if where in foreign_paths:
+                continue  # reported above
+            if expected is None:
+                problems.append(f"file {k + 1} of {ref.n_files} of the set of {ref.path} is "
+                                "missing; the set is incomplete (run its build again)")
+            elif where in without_place:
+                problems.append(f"{expected}: is not file {k + 1} of {ref.n_files} of the set "
+                                f"of {ref.path} (it records no place in a set)")
+            else:
+                problems.append(f"{expected}: missing: file {k + 1} of {ref.n_files} of the "
+                                f"set of {ref.path}; the set is incomplete (a build stopped "
+                                "while writing it? run it again)")
+    return problems
+
+
+def _sibling_problems(store: Store) -> list[str]:
+    """:func:`set_problems` of the set ``store`` belongs to, from the files named
+    ``<stem>-NNN.h5`` next to it (their root attributes only)."""
+    if "files" not in store.attrs:
+        return []
+    files: list[tuple[Path, dict[str, Any]]] = [(store.path, store.attrs)]
+    m = _MEMBER_NAME.fullmatch(store.path.stem)
+    problems = []
+    if m is not None and store.path.suffix == ".h5":
+        pattern = re.compile(re.escape(m.group(1)) + r"-\d{3,}\.h5")
+        h5py = _h5py()
+        for sibling in sorted(store.path.parent.iterdir()):
+            if not pattern.fullmatch(sibling.name) or sibling.name == store.path.name:
+                continue
+            try:
+                with h5py.File(sibling, "r") as f:
+                    files.append((sibling, dict(f.attrs)))
+            except OSError as e:
+                problems.append(f"{sibling}: unreadable, so its set cannot be checked ({e})")
+    return problems + set_problems(files)
 
 
 def combined_stats(stores: Sequence[Store], name: str) -> Stats:
@@ -286,37 +557,365 @@ def _root_attrs(f: Any, attrs: dict[str, Any]) -> None:
         f.attrs[k] = v
 
 
+def _encode_text(text: str) -> bytes:
+    """The bytes a string is stored as: UTF-8, with the surrogate escapes of a file name
+    that is not valid UTF-8 turned back into its original bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no file name produces: kept visible
+        return text.encode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on any terminal: undecodable file-name bytes as ``\\xff``."""
+    return _encode_text(text).decode("utf-8", "backslashreplace")
+
+
+def _block_rows(rows: int, row_bytes: int) -> int:
+    """Rows per checksum block of a large array: about CHECKSUM_BLOCK_BYTES, a power of
+    two, and at most CHECKSUM_MAX_BLOCKS blocks."""
+    want = max(1, -(-CHECKSUM_BLOCK_BYTES // max(row_bytes, 1)), -(-rows // CHECKSUM_MAX_BLOCKS))
+    return 1 << (want - 1).bit_length()
+
+
+def _column_block_rows(rows: int) -> int:
+    want = max(COLUMN_BLOCK_ROWS, -(-rows // CHECKSUM_MAX_BLOCKS))
+    return 1 << (want - 1).bit_length()
+
+
+def _digest(data: Any) -> int:
+    """xxh3_64 of a buffer (bytes, or a C-contiguous array's raw bytes)."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def _column_digests(values: np.ndarray, block_rows: int) -> np.ndarray:
+    """Digests of a clip or error column by blocks of rows: int64 values as 8 little-endian
+    bytes each; strings (as stored, see :func:`_encode_text`) each as an 8-byte
+    little-endian length and its bytes."""
+    out = []
+    for start in range(0, max(len(values), 1), block_rows):
+        block = values[start : start + block_rows]
+        if block.dtype == object:
+            data = b"".join(len(b).to_bytes(8, "little") + b
+                            for b in (v if isinstance(v, bytes) else _encode_text(v)
+                                      for v in block))
+        else:
+            data = np.ascontiguousarray(block, dtype="<i8").tobytes()
+        out.append(_digest(data))
+    return np.array(out, dtype=np.uint64)
+
+
+class _BlockHasher:
+    """Digests of consecutive blocks of ``block_bytes`` bytes of a stream of buffers."""
+
+    def __init__(self, block_bytes: int) -> None:
+        self.block_bytes = block_bytes
+        self.digests: list[int] = []
+        self._hash = xxhash.xxh3_64()
+        self._filled = 0
+
+    def update(self, data: np.ndarray) -> None:
+        """Feed the next bytes (a 1-D uint8 array)."""
+        at = 0
+        while at < len(data):
+            take = min(len(data) - at, self.block_bytes - self._filled)
+            self._hash.update(data[at : at + take])
+            self._filled += take
+            at += take
+            if self._filled == self.block_bytes:
+                self.digests.append(self._hash.intdigest())
+                self._hash.reset()
+                self._filled = 0
+
+    def finish(self) -> np.ndarray:
+        if self._filled or not self.digests:
+            self.digests.append(self._hash.intdigest())
+        return np.array(self.digests, dtype=np.uint64)
+
+
+def _set_checksums(dset: Any, block_rows: int, digests: np.ndarray) -> None:
+    dset.attrs["checksum_algorithm"] = CHECKSUM_ALGORITHM
+    dset.attrs["checksum_block_rows"] = np.int64(block_rows)
+    dset.attrs["checksums"] = np.asarray(digests, dtype=np.uint64)
+
+
+def _text_dataset(g: Any, name: str, values: Sequence[str]) -> None:
+    data = np.array([_encode_text(v) for v in values], dtype=object)
+    dset = g.create_dataset(name, data=data, dtype=_h5py().string_dtype(), shape=(len(data),))
+    block = _column_block_rows(len(data))
+    _set_checksums(dset, block, _column_digests(data, block))
+
+
 def _write_columns(f: Any, columns: dict[str, Sequence[Any]]) -> None:
-    h5py = _h5py()
     g = f.create_group("clips")
     for col in STRING_COLUMNS:
-        g.create_dataset(col, data=np.array(list(columns[col]), dtype=object),
-                         dtype=h5py.string_dtype())
+        _text_dataset(g, col, list(columns[col]))
     for col in INT_COLUMNS:
-        g.create_dataset(col, data=np.asarray(columns[col], dtype=np.int64))
+        data = np.asarray(columns[col], dtype=np.int64)
+        dset = g.create_dataset(col, data=data)
+        block = _column_block_rows(len(data))
+        _set_checksums(dset, block, _column_digests(data, block))
 
 
 def _write_errors(f: Any, errors: Sequence[tuple[str, str]]) -> None:
-    h5py = _h5py()
     g = f.create_group("errors")
-    g.create_dataset("path", data=np.array([e[0] for e in errors], dtype=object),
-                     dtype=h5py.string_dtype())
-    g.create_dataset("reason", data=np.array([e[1] for e in errors], dtype=object),
-                     dtype=h5py.string_dtype())
+    _text_dataset(g, "path", [e[0] for e in errors])
+    _text_dataset(g, "reason", [e[1] for e in errors])
 
 
-def _target_attrs(dset: Any, spec_json: str, m: Moments) -> None:
-    dset.attrs["spec"] = spec_json
-    dset.attrs["count"] = m.count
-    dset.attrs["mean"] = m.mean
-    dset.attrs["std"] = m.std
-    dset.attrs["m2"] = m.m2
+def _target_attrs(spec_json: str, m: Moments) -> dict[str, Any]:
+    return {"spec": spec_json, "count": m.count, "mean": m.mean, "std": m.std, "m2": m.m2}
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+class _FileImage(io.RawIOBase):
+    """A sparse in-memory file that HDF5 (through h5py's file-object driver) lays a store
+    out in.
+
+    HDF5 writes the file's structure into it: superblock, object headers, attributes,
+    the clip and error columns. The large arrays are allocated early and never filled,
+    so the image holds only those few pages, while its size is the whole file's. The
+    byte ranges HDF5 wrote are then copied into the real file (:meth:`take_written`).
+    """
+
+    PAGE = 1 << 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pages: dict[int, bytearray] = {}
+        self._pos = 0
+        self.size = 0
+        self._written: list[tuple[int, int]] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        n = max(0, min(len(out), self.size - self._pos))
+        out[:n] = self.read_range(self._pos, self._pos + n)
+        self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        src = memoryview(data).cast("B")
+        start, done = self._pos, 0
+        while done < len(src):
+            page, at = divmod(start + done, self.PAGE)
+            take = min(len(src) - done, self.PAGE - at)
+            buf = self._pages.setdefault(page, bytearray(self.PAGE))
+            buf[at : at + take] = src[done : done + take]
+            done += take
+        if done:
+            self._written.append((start, start + done))
+        self._pos = start + done
+        self.size = max(self.size, self._pos)
+        return done
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        for page in [p for p in self._pages if p * self.PAGE >= size]:
+            del self._pages[page]
+        page, at = divmod(size, self.PAGE)
+        if page in self._pages:
+            self._pages[page][at:] = bytes(self.PAGE - at)
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def read_range(self, start: int, stop: int) -> bytes:
+        out = bytearray(stop - start)
+        at = start
+        while at < stop:
+            page, offset = divmod(at, self.PAGE)
+            take = min(stop - at, self.PAGE - offset)
+            buf = self._pages.get(page)
+            if buf is not None:
+                out[at - start : at - start + take] = buf[offset : offset + take]
+            at += take
+        return bytes(out)
+
+    def take_written(self) -> list[tuple[int, int]]:
+        """The byte ranges written since the last call, merged, within the file's size."""
+        ranges = sorted(self._written)
+        self._written = []
+        merged: list[list[int]] = []
+        for start, stop in ranges:
+            stop = min(stop, self.size)
+            if start >= stop:
+                continue
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], stop)
+            else:
+                merged.append([start, stop])
+        return [(a, b) for a, b in merged]
+
+
+@dataclass
+class _Bulk:
+    """A large array of a store: laid out by HDF5, its bytes written by featurestore.
+
+    ``pieces`` yields its rows in order, in pieces of bounded size.
+    """
+
+    name: str  # "waveform", "targets/<name>"
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pieces: Callable[[], Iterable[np.ndarray]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use in ``folder``'s file system (None when
+    the file system does not say)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize if st.f_blocks else None
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[n:], offset + n
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, describe: Callable[[Any], None], bulks: Sequence[_Bulk], *,
+                what: str, kept: str) -> None:
+    """Write a store file: HDF5 lays it out in memory, then its bytes and the arrays' go
+    into ``<path>.tmp-<pid>`` with plain writes (hashed as they are written), and the
+    file is renamed over ``path``.
+
+    Parameters
+    ----------
+    path : Path
+    describe : callable
+        Writes the root attributes and the small datasets into the open h5py file.
+    bulks : sequence of _Bulk
+        The large arrays, with their attributes besides the checksums.
+    what, kept : str
+        For the error message: what is being written, and what is left as it was.
+
+    Raises
+    ------
+    FeatureStoreError
+        The disk is full (or the quota or file-size limit is reached); the temporary
+        file is removed and ``path`` is unchanged. Any other failure, including an
+        interrupt, also removes the temporary file before it propagates.
+    """
+    h5py = _h5py()
+    image = _FileImage()
+    offsets: dict[str, int | None] = {}
+    blocks: dict[str, int] = {}
+    with h5py.File(image, "w") as f:
+        describe(f)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # an offset now, for our writes
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and no bytes written by HDF5
+        for bulk in bulks:
+            dset = f.create_dataset(bulk.name, shape=bulk.shape, dtype=bulk.dtype, dcpl=dcpl)
+            for k, v in bulk.attrs.items():
+                dset.attrs[k] = v
+            blocks[bulk.name] = _block_rows(bulk.shape[0], bulk.row_bytes)
+            n_blocks = max(1, -(-bulk.shape[0] // blocks[bulk.name]))
+            _set_checksums(dset, blocks[bulk.name], np.zeros(n_blocks, dtype=np.uint64))
+            offsets[bulk.name] = dset.id.get_offset()
+    need = image.size
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    fd: int | None = None
+    try:
+        free = _free_bytes(path.parent)
+        if free is not None and free < need:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
+        os.ftruncate(fd, image.size)
+        for start, stop in image.take_written():
+            _pwrite_all(fd, image.read_range(start, stop), start)
+        digests = {bulk.name: _write_bulk(fd, path, bulk, offsets[bulk.name],
+                                          blocks[bulk.name]) for bulk in bulks}
+        with h5py.File(image, "r+") as f:  # the placeholders take the real digests
+            for name, d in digests.items():
+                f[name].attrs.modify("checksums", d)
+        os.ftruncate(fd, image.size)
+        for start, stop in image.take_written():
+            _pwrite_all(fd, image.read_range(start, stop), start)
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.replace(tmp, path)
+    except BaseException as e:
+        if fd is not None:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRORS:
+            free = _free_bytes(path.parent)
+            room = f"{format_bytes(need)} needed" + (
+                f", {format_bytes(free)} free in {path.parent}"
+                if free is not None and e.errno == errno.ENOSPC else "")
+            raise FeatureStoreError(f"{path}: {_WRITE_ERRORS[e.errno]} while writing {what} "
+                                    f"({room}); {kept}") from None
+        raise
+    _fsync_folder(path.parent)
+
+
+def _write_bulk(fd: int, path: Path, bulk: _Bulk, offset: int | None,
+                block_rows: int) -> np.ndarray:
+    """Write one large array's pieces at ``offset``; return its block digests."""
+    hasher = _BlockHasher(block_rows * bulk.row_bytes)
+    rows = 0
+    at = offset or 0
+    for piece in bulk.pieces():
+        x = np.ascontiguousarray(piece, dtype=bulk.dtype)
+        if x.shape[1:] != bulk.shape[1:] or rows + len(x) > bulk.shape[0]:
+            raise FeatureStoreError(f"{path}: /{bulk.name} gets more rows than the "
+                                    f"{bulk.shape[0]} expected, or rows of shape {x.shape[1:]}")
+        data = x.reshape(-1).view(np.uint8)
+        if len(data):
+            hasher.update(data)
+            _pwrite_all(fd, data, at)
+        at += len(data)
+        rows += len(x)
+    if rows != bulk.shape[0]:
+        raise FeatureStoreError(f"{path}: /{bulk.name} has {rows} rows, {bulk.shape[0]} "
+                                "expected")
+    return hasher.finish()
 
 
 def _columns_of(clips: Sequence[Clip], n_samples: Sequence[int], sha1: Sequence[str],
@@ -339,40 +938,93 @@ def _columns_of(clips: Sequence[Clip], n_samples: Sequence[int], sha1: Sequence[
 def write_shard(path: str | os.PathLike[str], result: PartitionResult,
                 specs: Sequence[dict[str, Any]], *, sample_rate: int, hop: int,
                 attrs: dict[str, Any]) -> None:
-    """Write one partition's result as a small store, atomically (temp name, then rename).
+    """Write one partition's result as a small store, atomically (temp name, then rename),
+    with block checksums of every array.
 
     ``attrs`` (for example the partition hash) are stored as root attributes.
+
+    Raises
+    ------
+    FeatureStoreError
+        The disk is full (or a quota or file-size limit is reached): no file is left
+        behind, finished shards and the store are as they were.
     """
-    h5py = _h5py()
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     rows = result.clips
-    with h5py.File(tmp, "w") as f:
+    cols = _columns_of([r.clip for r in rows], [r.n_samples for r in rows],
+                       [r.sha1 for r in rows], hop)
+    waves = [r.waveform for r in rows if r.waveform is not None]
+    bulks = [_Bulk("waveform", (sum(len(w) for w in waves),), np.dtype(np.int16),
+                   lambda: iter(waves))]
+    for spec in specs:
+        name = spec["name"]
+        arrays = [r.targets[name] for r in rows]
+        total = Moments(0, np.zeros(spec["dim"]), np.zeros(spec["dim"]))
+        for r in rows:
+            total = total + r.moments[name]
+        bulks.append(_Bulk(f"targets/{name}", (sum(len(a) for a in arrays), spec["dim"]),
+                           np.dtype(spec["dtype"]), lambda arrays=arrays: iter(arrays),
+                           _target_attrs(json.dumps(spec, sort_keys=True), total)))
+
+    def describe(f: Any) -> None:
         _root_attrs(f, {"sample_rate": sample_rate, "hop": hop, **attrs})
-        _write_columns(f, _columns_of([r.clip for r in rows], [r.n_samples for r in rows],
-                                      [r.sha1 for r in rows], hop))
-        wave = [r.waveform for r in rows if r.waveform is not None]
-        f.create_dataset("waveform", data=np.concatenate(wave) if wave
-                         else np.zeros(0, dtype=np.int16))
-        g = f.create_group("targets")
-        for spec in specs:
-            name = spec["name"]
-            arrays = [r.targets[name] for r in rows]
-            data = (np.concatenate(arrays) if arrays
-                    else np.zeros((0, spec["dim"]), dtype=spec["dtype"]))
-            total = Moments(0, np.zeros(spec["dim"]), np.zeros(spec["dim"]))
-            for r in rows:
-                total = total + r.moments[name]
-            _target_attrs(g.create_dataset(name, data=data), json.dumps(spec, sort_keys=True),
-                          total)
+        _write_columns(f, cols)
+        f.create_group("targets")
         _write_errors(f, result.errors)
-    _replace_atomically(tmp, path)
+
+    _write_file(path, describe, bulks, what="a shard",
+                kept="the store is unchanged and finished shards are kept: free some space "
+                     "and run the same command to resume")
+
+
+def _checked_rows(store: Store, name: str, x: np.ndarray, rows_per_piece: int
+                  ) -> Iterator[np.ndarray]:
+    """The rows of array ``name`` of a store being copied, in pieces, each block checked
+    against the store's checksums (when it has them) on the way."""
+    cs = store.checksums.get(name)
+    if cs is not None and _table_problem(cs, len(x)) is not None:
+        raise FeatureStoreError(f"{store.path}: /{name}: {_table_problem(cs, len(x))}; the "
+                                "file is damaged (remove it and run the build again)")
+    step = rows_per_piece if cs is None else cs.block_rows * max(1, rows_per_piece //
+                                                                 cs.block_rows)
+    for start in range(0, len(x), step):
+        piece = x[start : start + step]
+        if cs is not None:
+            for at in range(0, len(piece), cs.block_rows):
+                block = piece[at : at + cs.block_rows]
+                if _digest(block) != int(cs.digests[(start + at) // cs.block_rows]):
+                    first = start + at
+                    raise FeatureStoreError(
+                        f"{store.path}: /{name} rows {first}-{first + len(block) - 1} differ "
+                        "from their checksum: the file is damaged (remove it and run the "
+                        "build again)")
+        yield piece
+
+
+def _check_columns(store: Store) -> None:
+    """Refuse a store to copy whose clip or error columns differ from their checksums."""
+    for name, values in _store_columns(store).items():
+        cs = store.checksums.get(name)
+        if cs is None:
+            continue
+        bad = _table_problem(cs, len(values))
+        if bad is None:
+            mismatches = _column_mismatches(values, cs)
+            if mismatches:
+                first, last = mismatches[0]
+                bad = f"rows {first}-{last} differ from their checksum"
+        if bad is not None:
+            raise FeatureStoreError(f"{store.path}: /{name}: {bad}: the file is damaged "
+                                    "(remove it and run the build again)")
 
 
 def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[str]], *,
              base: str | os.PathLike[str] | None = None, attrs: dict[str, Any]) -> None:
     """Concatenate shard files into one contiguous store, written under a temporary name
     and renamed over ``output`` (readers holding the old file keep valid memory maps).
+
+    Every block read from a shard or the base store is checked against their checksums;
+    the output gets checksums of the bytes it is written with.
 
     Parameters
     ----------
@@ -383,12 +1035,27 @@ def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[
         An existing store whose clips, waveform and targets are kept; the shards then add
         targets for exactly the same clips, in the same order.
     attrs : dict
-        Root attributes for the output (sample_rate, hop, source, ...).
+        Root attributes for the output (sample_rate, hop, source, ...). A file of a
+        corpus written as K files gets ``files`` (JSON ``[k, K]``) and ``set_id`` (one
+        string for its K files, for example from :func:`set_id_for`); with ``base`` the
+        base's ``set_id`` is kept when ``attrs`` has none.
+
+    Raises
+    ------
+    FeatureStoreError
+        A shard or the base store is damaged (a checksum differs); the shards' clips are
+        not the base's; the disk is full (or a quota or file-size limit is reached):
+        then no file is left behind and the previous ``output`` is as it was.
     """
-    h5py = _h5py()
     output = Path(output)
     parts = [open_store(s) for s in shards]
     base_store = open_store(base) if base is not None else None
+    attrs = dict(attrs)
+    if base_store is not None and "set_id" not in attrs and "set_id" in base_store.attrs:
+        attrs["set_id"] = base_store.attrs["set_id"]
+    if "files" in attrs and _place(attrs["files"]) is None:
+        raise FeatureStoreError(f"{output}: attribute 'files' must be JSON [k, K] with "
+                                f"0 <= k < K, got {attrs['files']!r}")
     rows_from = [base_store] if base_store is not None else parts
     columns: dict[str, list[Any]] = {c: [] for c in STRING_COLUMNS + INT_COLUMNS}
     for s in rows_from:
@@ -419,56 +1086,127 @@ def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[
     for name, spec in (parts[0].specs.items() if parts else ()):
         if name not in specs:
             specs[name], sources[name] = spec, list(parts)
-    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    for s in rows_from:
+        _check_columns(s)
+    bulks = [_Bulk("waveform", (total_samples,), np.dtype(np.int16), lambda: (
+        piece for s in rows_from for piece in _checked_rows(s, "waveform", s.waveform, 1 << 22)))]
+    for name, spec in specs.items():
+        rows = n_clips if spec.rate == "clip" else total_frames
+        total = Moments(0, np.zeros(spec.dim), np.zeros(spec.dim))
+        for s in sources[name]:
+            total = total + s.stats[name].moments()
+        spec_dict = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+        bulks.append(_Bulk(
+            f"targets/{name}", (rows, spec.dim), np.dtype(spec.dtype),
+            lambda name=name: (piece for s in sources[name] for piece in
+                               _checked_rows(s, f"targets/{name}", s.targets[name], 1 << 16)),
+            _target_attrs(json.dumps(spec_dict, sort_keys=True), total)))
+
+    def describe(f: Any) -> None:
         _root_attrs(f, attrs)
         _write_columns(f, cols)
-        wave = f.create_dataset("waveform", shape=(total_samples,), dtype=np.int16)
-        at = 0
-        for s in rows_from:
-            n = len(s.waveform)
-            for start in range(0, n, 1 << 22):  # bounded memory for long corpora
-                chunk = s.waveform[start : start + (1 << 22)]
-                wave[at + start : at + start + len(chunk)] = chunk
-            at += n
-        if at != total_samples:
-            raise FeatureStoreError(
-                f"{output}: waveform has {at} samples, the clips declare {total_samples}")
-        g = f.create_group("targets")
-        for name, spec in specs.items():
-            rows = n_clips if spec.rate == "clip" else total_frames
-            dset = g.create_dataset(name, shape=(rows, spec.dim), dtype=spec.dtype)
-            total = Moments(0, np.zeros(spec.dim), np.zeros(spec.dim))
-            at = 0
-            for s in sources[name]:
-                x = s.targets[name]
-                for start in range(0, len(x), 1 << 16):
-                    chunk = x[start : start + (1 << 16)]
-                    dset[at + start : at + start + len(chunk)] = chunk
-                at += len(x)
-                total = total + s.stats[name].moments()
-            if at != rows:
-                raise FeatureStoreError(f"{output}: target {name} has {at} rows, expected {rows}")
-            spec_dict = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
-            _target_attrs(dset, json.dumps(spec_dict, sort_keys=True), total)
+        f.create_group("targets")
         _write_errors(f, errors)
-    _replace_atomically(tmp, output)
+
+    kept = "the previous store is unchanged" if output.exists() else "no store was written"
+    _write_file(output, describe, bulks, what="the store", kept=kept)
+
 
 
 # ---------------------------------------------------------------------------- checking
 
 
-def verify(path: str | os.PathLike[str], *, block_rows: int = 1 << 16) -> list[str]:
+def _table_problem(cs: Checksums, rows: int) -> str | None:
+    """What is wrong with a dataset's checksum attributes themselves, if anything."""
+    if cs.algorithm != CHECKSUM_ALGORITHM:
+        return f"unknown checksum algorithm {cs.algorithm!r}"
+    if cs.block_rows < 1:
+        return f"checksum blocks of {cs.block_rows} rows"
+    if len(cs.digests) != cs.n_blocks(rows):
+        return (f"{len(cs.digests)} checksums, expected {cs.n_blocks(rows)} (blocks of "
+                f"{cs.block_rows} rows)")
+    return None
+
+
+def _store_columns(store: Store) -> dict[str, np.ndarray]:
+    """The clip and error columns of a store, by dataset name."""
+    out = {f"clips/{col}": store.clips[col] for col in (*STRING_COLUMNS, *INT_COLUMNS)}
+    for k, col in enumerate(ERROR_COLUMNS):
+        out[f"errors/{col}"] = np.array([e[k] for e in store.errors], dtype=object)
+    return out
+
+
+def _column_mismatches(values: np.ndarray, cs: Checksums) -> list[tuple[int, int]]:
+    """First and last row of each block of a column that differs from its checksum."""
+    got = _column_digests(values, cs.block_rows)
+    return [(int(b) * cs.block_rows, min((int(b) + 1) * cs.block_rows, len(values)) - 1)
+            for b in np.flatnonzero(got != cs.digests)]
+
+
+def _clips_at(store: Store, name: str, first: int, last: int) -> str:
+    """`` (clips a to b)``: the clips rows ``first``..``last`` of dataset ``name`` hold."""
+    c = store.clips
+    if name.startswith("errors/") or store.n_clips == 0 or last < first:
+        return ""
+    offsets = None
+    if name == "waveform":
+        offsets = c["sample_offset"]
+    elif name.startswith("targets/") and store.specs[name[len("targets/"):]].rate != "clip":
+        offsets = c["frame_offset"]
+    if offsets is not None:
+        first, last = (int(np.searchsorted(offsets, r, side="right")) - 1 for r in (first, last))
+    i, j = (min(max(r, 0), store.n_clips - 1) for r in (first, last))
+    ids = c["id"]
+    return f" (clip {ids[i]})" if i == j else f" (clips {ids[i]} to {ids[j]})"
+
+
+def _mismatch_lines(store: Store, name: str, blocks: list[tuple[int, int]],
+                    shown: int = 5) -> list[str]:
+    lines = [f"/{name}: rows {a}-{b} differ from their checksum{_clips_at(store, name, a, b)}"
+             if b >= a else f"/{name}: its checksum differs (the dataset is empty)"
+             for a, b in blocks[:shown]]
+    if len(blocks) > shown:
+        lines.append(f"/{name}: and {len(blocks) - shown} more blocks differ from their "
+                     "checksums")
+    return lines
+
+
+def _without_path(message: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def verify(path: str | os.PathLike[str], *, quick: bool = False,
+           block_rows: int | None = None) -> list[str]:
     """Check a store end to end; return the problems found (empty when sound).
 
-    Checks the schema, clip table (unique ids, known splits, offsets and frame counts
-    consistent with the hop), array sizes, that no target holds NaN or Inf, and that the
-    stored statistics equal a recomputation over every stored value.
+    Both modes check the schema, the clip table (unique ids, known splits, offsets and
+    frame counts consistent with the hop), array sizes and dtypes, that no target holds
+    NaN or Inf, that the stored statistics equal a recomputation over every stored value
+    and, for a file of a multi-file set, that the set is whole (from the files
+    ``<stem>-NNN.h5`` next to it). The full check also compares every block of every
+    dataset (waveform, targets, clip and error columns) with its checksum, so that any
+    flipped bit, overwritten byte range or permutation of rows is found and named by
+    dataset and rows; a store written without checksums is reported as such.
+
+    Parameters
+    ----------
+    path : path-like
+    quick : bool
+        Skip the checksums: no block is hashed or compared with them.
+    block_rows : int, optional
+        Rows per read of a target that is not checked against checksums (default:
+        about CHECKSUM_BLOCK_BYTES per read).
+
+    Returns
+    -------
+    list of str
+        One line per problem, without the store's path.
     """
     try:
         s = open_store(path)
     except FeatureStoreError as e:
-        return [str(e)]
+        return [_without_path(str(e), Path(path))]
     problems = []
     c = s.clips
     lengths = {col: len(v) for col, v in c.items()}
@@ -485,25 +1223,56 @@ def verify(path: str | os.PathLike[str], *, block_rows: int = 1 << 16) -> list[s
         expect = np.concatenate([[0], np.cumsum(c[size])[:-1]]) if s.n_clips else c[size]
         if (c[col] != expect).any():
             problems.append(f"{col} is not the running sum of {size}")
+    unchecked: list[str] = []  # datasets without checksums
+
+    def usable(name: str, rows: int) -> Checksums | None:
+        """The checksums to compare ``name`` with (None: quick, absent or unusable)."""
+        cs = None if quick else s.checksums.get(name)
+        if not quick and cs is None:
+            unchecked.append(name)
+        elif cs is not None and _table_problem(cs, rows) is not None:
+            problems.append(f"/{name}: {_table_problem(cs, rows)}")
+            cs = None
+        return cs
+
+    for name, values in _store_columns(s).items():
+        if (cs := usable(name, len(values))) is not None:
+            problems += _mismatch_lines(s, name, _column_mismatches(values, cs))
     if s.waveform.dtype != np.int16:
         problems.append(f"waveform has dtype {s.waveform.dtype}, expected int16")
     if len(s.waveform) != int(c["n_samples"].sum()):
         problems.append(f"waveform has {len(s.waveform)} samples, clips sum to "
                         f"{int(c['n_samples'].sum())}")
+    if (cs := usable("waveform", len(s.waveform))) is not None:
+        w, step = s.waveform, cs.block_rows
+        bad = [(a, min(a + step, len(w)) - 1) for k, a in enumerate(range(0, len(w), step))
+               if _digest(w[a : a + step]) != int(cs.digests[k])]
+        problems += _mismatch_lines(s, "waveform", bad)
     for name, x in s.targets.items():
         spec = s.specs[name]
         rows = s.n_clips if spec.rate == "clip" else s.n_frames
-        if x.shape != (rows, spec.dim):
+        sized = x.shape == (rows, spec.dim)
+        if not sized:
             problems.append(f"target {name}: shape {x.shape}, expected {(rows, spec.dim)}")
-            continue
-        if x.dtype != np.dtype(spec.dtype):
+        elif x.dtype != np.dtype(spec.dtype):
             problems.append(f"target {name}: dtype {x.dtype}, declared {spec.dtype}")
+        cs = usable(f"targets/{name}", len(x))
+        step = cs.block_rows if cs is not None else (
+            block_rows or _block_rows(len(x), x.dtype.itemsize * spec.dim))
         total = Moments(0, np.zeros(spec.dim), np.zeros(spec.dim))
         finite = True
-        for start in range(0, rows, block_rows):
-            block = np.asarray(x[start : start + block_rows])
-            finite &= bool(np.isfinite(block).all())
-            total = total + Moments.of(block)
+        bad = []
+        for start in range(0, len(x), step):  # one pass: checksums and statistics
+            block = x[start : start + step]
+            if cs is not None and _digest(block) != int(cs.digests[start // step]):
+                bad.append((start, start + len(block) - 1))
+            if sized:
+                values = np.asarray(block)
+                finite &= bool(np.isfinite(values).all())
+                total = total + Moments.of(values)
+        problems += _mismatch_lines(s, f"targets/{name}", bad)
+        if not sized:
+            continue
         if not finite:
             problems.append(f"target {name}: contains NaN or Inf")
         st = s.stats[name]
@@ -512,4 +1281,11 @@ def verify(path: str | os.PathLike[str], *, block_rows: int = 1 << 16) -> list[s
             and np.allclose(st.std, total.std, rtol=1e-5, atol=1e-6)
         ):
             problems.append(f"target {name}: stored statistics differ from the values")
+    problems += _sibling_problems(s)
+    if unchecked and len(unchecked) == len(_store_columns(s)) + 1 + len(s.targets):
+        problems.append("no checksums: the store was written without them (by an older "
+                        "featurestore), so only the quick checks were made; rebuild it to "
+                        "check every byte")
+    else:
+        problems += [f"/{name}: no checksums" for name in unchecked]
     return problems

@@ -199,13 +199,21 @@ def test_verify_detects_nan_in_a_target(store_copy: Path) -> None:
 def test_verify_detects_a_changed_value(store_copy: Path) -> None:
     with h5py.File(store_copy, "r+") as f:
         f["targets"]["mfcc"][10, 0] = f["targets"]["mfcc"][10, 0] + 500
-    assert verify(store_copy) == ["target mfcc: stored statistics differ from the values"]
+    assert verify(store_copy, quick=True) == [
+        "target mfcc: stored statistics differ from the values"]
+    assert verify(store_copy) == [
+        "/targets/mfcc: rows 0-1136 differ from their checksum (clips tone_a4 to clicks)",
+        "target mfcc: stored statistics differ from the values"]
 
 
 def test_verify_detects_a_wrong_offset(store_copy: Path) -> None:
     with h5py.File(store_copy, "r+") as f:
         f["clips"]["sample_offset"][3] += 1
-    assert verify(store_copy) == ["sample_offset is not the running sum of n_samples"]
+    assert verify(store_copy, quick=True) == [
+        "sample_offset is not the running sum of n_samples"]
+    assert verify(store_copy) == [
+        "sample_offset is not the running sum of n_samples",
+        "/clips/sample_offset: rows 0-7 differ from their checksum (clips tone_a4 to clicks)"]
     _cli_verify_fails(store_copy, "sample_offset is not the running sum")
 
 
@@ -223,8 +231,12 @@ def test_verify_detects_duplicate_ids_and_bad_split(store_copy: Path) -> None:
         ids = f["clips"]["id"].asstr()[...]
         f["clips"]["id"][1] = ids[0]
         f["clips"]["split"][0] = "dev"
-    problems = verify(store_copy)
-    assert problems == ["clip ids are not unique", "unknown split values ['dev']"]
+    assert verify(store_copy, quick=True) == [
+        "clip ids are not unique", "unknown split values ['dev']"]
+    assert verify(store_copy) == [
+        "clip ids are not unique", "unknown split values ['dev']",
+        "/clips/id: rows 0-7 differ from their checksum (clips tone_a4 to clicks)",
+        "/clips/split: rows 0-7 differ from their checksum (clips tone_a4 to clicks)"]
 
 
 def test_verify_and_open_reject_other_schema_versions(store_copy: Path) -> None:
