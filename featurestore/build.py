@@ -39,6 +39,7 @@ from featurestore.store import (
     format_bytes,
     format_hours,
     open_store,
+    printable,
     set_id_for,
     set_problems,
     write_shard,
@@ -74,7 +75,7 @@ class BuildReport:
         lines += self.notes
         if self.errors:
             lines.append(f"{len(self.errors)} input(s) skipped (see 'featurestore info'):")
-            lines += [f"  {path}: {reason}" for path, reason in self.errors[:10]]
+            lines += [printable(f"  {path}: {reason}") for path, reason in self.errors[:10]]
             if len(self.errors) > 10:
                 lines.append(f"  ... and {len(self.errors) - 10} more")
         return "\n".join(lines)

@@ -102,7 +102,7 @@ def build(source: str, output: str, layout: str, targets: str, sample_rate: int,
 def info(store: str, as_json: bool) -> None:
     """Summarise STORE: clips, hours, labels, splits, targets, size, errors."""
     from featurestore.store import format_bytes as _size
-    from featurestore.store import format_hours, open_store
+    from featurestore.store import format_hours, open_store, printable
 
     s = open_store(store)
     hours = s.seconds / 3600
@@ -152,7 +152,7 @@ def info(store: str, as_json: bool) -> None:
         click.echo(f"{name:<12} {dim:>5} {rate:>6} {dtype:>8} {_size(nbytes):>10} {ph:>10}  {lib}")
     click.echo(f"errors: {len(s.errors)}")
     for path, reason in s.errors[:20]:
-        click.echo(f"  {path}: {reason}")
+        click.echo(printable(f"  {path}: {reason}"))
     if len(s.errors) > 20:
         click.echo(f"  ... and {len(s.errors) - 20} more")
 

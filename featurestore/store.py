@@ -45,12 +45,14 @@ exit, crashes the process with a segmentation fault.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import io
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -865,6 +867,8 @@ def _write_file(path: Path, describe: Callable[[Any], None], bulks: Sequence[_Bu
         if free is not None and free < need:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
+        with contextlib.suppress(FileNotFoundError):  # a rewrite keeps the file's mode
+            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
         os.ftruncate(fd, image.size)
         for start, stop in image.take_written():
             _pwrite_all(fd, image.read_range(start, stop), start)

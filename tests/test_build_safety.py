@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -247,6 +248,17 @@ def test_a_failed_build_leaves_no_temporary_files(corpus: Corpus, dask_cluster: 
               partition_size=1, progress=False)
     left = sorted(p.name for p in (tmp_path / "out").rglob("*"))
     assert not [name for name in left if ".tmp-" in name or name.endswith(".lock")]
+
+
+def test_adding_a_target_keeps_the_store_file_mode(corpus: Corpus, dask_cluster: DaskCluster,
+                                                   built_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "main.h5"
+    out.write_bytes(built_store.read_bytes())
+    out.chmod(0o600)
+    report = build(str(corpus.csv), out, targets=f"{MAIN_TARGETS},contrast",
+                   scheduler=dask_cluster.address, partition_size=3, progress=False)
+    assert report.targets_added == ["contrast"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
 def test_the_lock_records_its_holder(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import struct
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -396,3 +397,9 @@ def test_file_name_not_utf8_does_not_abort_the_build(bad_name_folder: tuple[Path
     assert s.clips["id"].tolist() == ["good"]
     assert s.errors == [(bad, "file name is not valid UTF-8")]
     assert report.errors == s.errors
+    shown = f"  {root}/bad\\xff.wav: file name is not valid UTF-8"  # printable everywhere
+    assert shown in report.summary().splitlines()
+    info = subprocess.run(["featurestore", "info", str(tmp_path / "s.h5")],
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0 and info.stderr == ""
+    assert shown in info.stdout.splitlines()
