@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,44 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None) -> I
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+@contextlib.contextmanager
+def _interrupts_at_safe_points() -> Iterator[Callable[[], None]]:
+    """Defer Ctrl-C (SIGINT) to the points where the build checks for it.
+
+    Python discards an exception raised while it runs a weakref callback or ``__del__``
+    ("Exception ignored in ..."), so the default handler's KeyboardInterrupt, raised at
+    whatever bytecode runs when the signal lands, could be lost and the build would run to
+    its end. Here the first SIGINT only records itself and the function yielded raises
+    KeyboardInterrupt where it is called (the build's wait loop polls it); a second one
+    raises at once. A no-op outside the main thread, where handlers cannot be changed.
+    """
+    import signal
+    import threading
+
+    pending = False
+
+    def check() -> None:
+        if pending:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+
+    def record(signum: int, frame: Any) -> None:
+        nonlocal pending
+        if pending:
+            raise KeyboardInterrupt
+        pending = True
+
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield check
+        check()  # a Ctrl-C during the last steps still ends the command as interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -331,7 +369,7 @@ def build(
                   worker_timeout=worker_timeout)
     resolve(targets)  # unknown names fail here, before anything is written
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(output):
+    with output_lock(output), _interrupts_at_safe_points() as interrupted:
         _remove_temporaries(output)  # of a build that was killed
         try:
             return _build(
@@ -339,7 +377,7 @@ def build(
                 hop=hop, workers=workers, scheduler=scheduler, worker_timeout=worker_timeout,
                 executor=executor, partition_size=partition_size, max_seconds=max_seconds,
                 min_seconds=min_seconds, hours_per_file=hours_per_file, strict=strict,
-                progress=progress,
+                progress=progress, interrupted=interrupted,
             )
         finally:
             # Temporary files are never worth keeping (finished shards are: they resume).
@@ -415,8 +453,10 @@ def _build(
     hours_per_file: float | None = None,
     strict: bool = False,
     progress: bool = True,
+    interrupted: Callable[[], None] = lambda: None,
 ) -> BuildReport:
-    """The build itself; the caller has checked the options and holds the lock."""
+    """The build itself; the caller has checked the options and holds the lock.
+    ``interrupted()`` raises KeyboardInterrupt once Ctrl-C was pressed."""
     t0 = time.perf_counter()
     requested = [t.name for t in resolve(targets)]
     clips = load_manifest(source, layout)
@@ -469,7 +509,8 @@ def _build(
         if todo and executor is None:
             executor = stack.enter_context(dask_executor(workers, scheduler))
         _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress,
-                        worker_timeout)
+                        worker_timeout, interrupted)
+    interrupted()  # before the store is written
     if not existing_files:
         shards = [open_store(p) for p in shard_paths]
         if not any(s.n_clips for s in shards):
@@ -521,7 +562,7 @@ def _spec_of(name: str) -> Any:
 def _run_partitions(
     parts: list[list[Piece]], todo: list[int], shard_paths: list[Path], hashes: list[str],
     config: ExtractConfig, executor: cf.Executor | None, strict: bool, progress: bool,
-    worker_timeout: float,
+    worker_timeout: float, interrupted: Callable[[], None],
 ) -> None:
     """Run the missing partitions with a bounded number in flight; write each shard as
     its result arrives."""
@@ -546,7 +587,7 @@ def _run_partitions(
             while queue and len(running) < window:
                 i = queue.pop(0)
                 running[executor.submit(extract_partition, parts[i], config)] = i
-            finished = _wait_for_any(running, executor, worker_timeout)
+            finished = _wait_for_any(running, executor, worker_timeout, interrupted)
             for future in finished:
                 i = running.pop(future)
                 try:
@@ -580,21 +621,28 @@ def _run_partitions(
 
 
 def _wait_for_any(running: dict[cf.Future[PartitionResult], int], executor: cf.Executor,
-                  worker_timeout: float) -> set[cf.Future[PartitionResult]]:
-    """Wait until a task finishes; stop with an error once a Dask executor has had no
-    worker connected for ``worker_timeout`` seconds (Dask would wait for one forever)."""
+                  worker_timeout: float, interrupted: Callable[[], None]
+                  ) -> set[cf.Future[PartitionResult]]:
+    """Wait until a task finishes, checking for Ctrl-C twice a second; stop with an error
+    once a Dask executor has had no worker connected for ``worker_timeout`` seconds (Dask
+    would wait for one forever)."""
     client = getattr(executor, "_client", None)
-    poll = min(5.0, worker_timeout / 4)
+    every = min(5.0, worker_timeout / 4)  # seconds between asking the scheduler
+    asked = time.monotonic()
     alone_since: float | None = None
     while True:
-        finished, _ = cf.wait(running, timeout=poll, return_when=cf.FIRST_COMPLETED)
-        if finished or client is None:
+        interrupted()
+        finished, _ = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+        if finished:
             return finished
+        now = time.monotonic()
+        if client is None or now - asked < every:
+            continue
+        asked = now
         try:
             n_workers = len(client.nthreads())
         except Exception:  # noqa: BLE001 - the scheduler itself is gone: as good as none
             n_workers = 0
-        now = time.monotonic()
         if n_workers:
             alone_since = None
         elif alone_since is None:

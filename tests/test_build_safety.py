@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,6 +216,36 @@ def test_a_build_whose_workers_are_all_gone_stops(slow_corpus: Path,
     assert 3.0 <= waited < 30.0
     assert list((tmp_path / "slow.h5.parts").glob("part-*.h5"))  # kept for the resume
     assert not lock_path(out).exists()
+
+
+def test_ctrl_c_inside_a_weakref_callback_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default handler raises KeyboardInterrupt wherever the signal lands; inside a
+    weakref callback Python discards it and the build ran to its end (rc 0 after Ctrl-C).
+    The build's handler records it, and its wait loop raises it."""
+    interrupts = importlib.import_module("featurestore.build")._interrupts_at_safe_points
+
+    class Thing:
+        pass
+
+    def collect_while_interrupted() -> None:
+        thing = Thing()
+        weakref.finalize(thing, os.kill, os.getpid(), signal.SIGINT)
+        del thing  # the callback runs, and the signal lands, inside the collection
+
+    discarded: list[type[BaseException]] = []
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "unraisablehook", lambda u: discarded.append(u.exc_type))
+        collect_while_interrupted()  # with Python's own handler ...
+    assert discarded == [KeyboardInterrupt]  # ... the interrupt is discarded: lost
+    with pytest.raises(KeyboardInterrupt), interrupts() as interrupted:
+        collect_while_interrupted()
+        interrupted()  # the next check point
+    with pytest.raises(KeyboardInterrupt), interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C stops at once
+        time.sleep(5)
+        pytest.fail("the second Ctrl-C did not interrupt")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # --------------------------------------------------------------------------- leftovers
