@@ -187,7 +187,12 @@ def test_validation_losses_per_worker_on_a_held_out_store(store: Path, tmp_path:
     run = pretrain(tiny(store, tmp_path / "run", steps=4, eval_every=2, valid_store=[str(store)],
                         workers=["mfcc", "lim"]), progress=False)
     rows = losses(run, "valid")
-    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in rows] == [0, 2, 4]  # step 0: the random initialisation
     for r in rows:
         assert set(r["valid"]) == {"mfcc", "lim"}
         assert all(v > 0 for v in r["valid"].values())
+        assert set(r["r2"]) == {"mfcc"} and r["r2"]["mfcc"] <= 1.0  # regression workers
+    plain = pretrain(tiny(store, tmp_path / "plain", steps=4, eval_every=2,
+                          valid_store=[str(store)], workers=["mfcc", "lim"],
+                          diagnostics=False), progress=False)
+    assert [r["step"] for r in losses(plain, "valid")] == [2, 4]

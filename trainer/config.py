@@ -54,7 +54,34 @@ class PretrainConfig:
         Every random draw is a function of (seed, step, rank).
     log_every, eval_every, save_every, valid_batches, prefetch, max_nan_steps : int
         Logging period, validation period and size, checkpoint period, batches kept
-        ready, and how many consecutive non-finite steps stop the run.
+        ready, and how many consecutive non-finite steps stop the run. Every validation
+        logs, besides each worker's loss, each regression worker's R²
+        (:class:`trainer.diagnostics.R2Accumulator`).
+    diagnostics : bool
+        Learning diagnostics (on by default; they never change the training losses): at
+        step 0 (the random initialisation), every ``eval_every`` steps and at the end,
+        the effective rank and dead-channel fraction of mean+std-pooled embeddings of
+        ``diag_clips`` fixed held-out crops (drawn once with the run's seed from the
+        validation store, else the training store, and kept in the run folder as
+        ``diagnostics_heldout.npz``), logged as ``kind: "diag"`` rows; the validation
+        (with its R²) also runs at step 0; ``diagnostics.png`` plots them all.
+    diag_clips : int
+        Crops in the held-out batch (distinct clips when the store has enough).
+    diag_dead_ratio : float
+        A channel is dead when its variance over the held-out batch is at most this
+        fraction of the median channel variance.
+    probe_store : str, optional
+        A small labeled (single-label) store to probe during pre-training: every
+        ``probe_every`` steps (0: every ``eval_every``), at step 0 and at the end, its
+        clips are embedded with the current encoder (mean+std pooling) and a logistic
+        regression (standardised features, inverse regularisation ``probe_c``) is fit on
+        its train split and scored on its valid split (else test), or grouped 5-fold
+        when it has no such splits; the accuracy is logged as ``probe_accuracy``. Off by
+        default; needs ``diagnostics``.
+    probe_every : int
+        Probe period in steps (0: ``eval_every``).
+    probe_c : float
+        Inverse L2 regularisation strength ``C`` of the probe's logistic regression.
     """
 
     store: list[str] = field(default_factory=list)
@@ -88,6 +115,12 @@ class PretrainConfig:
     valid_batches: int = 8
     prefetch: int = 4
     max_nan_steps: int = 20
+    diagnostics: bool = True
+    diag_clips: int = 64
+    diag_dead_ratio: float = 0.01
+    probe_store: str | None = None
+    probe_every: int = 0
+    probe_c: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import random
 import sys
 import time
 import warnings
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -32,6 +34,14 @@ from featurestore.store import open_stores
 from trainer.config import PretrainConfig
 from trainer.data import CropDataset, Prefetcher
 from trainer.device import DeviceError, resolve_device
+from trainer.diagnostics import (
+    HELDOUT,
+    ProbeTask,
+    R2Accumulator,
+    collapse_stats,
+    heldout_batch,
+    plot_diagnostics,
+)
 from trainer.distortions import DistortionConfig, Distortions
 from trainer.encoders import build_encoder
 from trainer.weighting import build_weighting
@@ -148,11 +158,13 @@ class RunLog:
         self.tb: Any = None
         if not enabled:
             return
-        # A resumed run keeps the rows up to its checkpoint's step and rewrites the rest.
+        # A resumed run keeps the rows up to its checkpoint's step and rewrites the rest;
+        # a fresh run (start_step 0) starts the files afresh.
         for path in (self.jsonl, self.csv):
             if path.exists():
                 lines = path.read_text().splitlines(keepends=True)
-                keep = [ln for ln in lines if _row_step(ln, path) <= start_step]
+                keep = [ln for ln in lines
+                        if start_step > 0 and _row_step(ln, path) <= start_step]
                 path.write_text("".join(keep))
         with contextlib.suppress(ImportError):
             from torch.utils.tensorboard import SummaryWriter
@@ -165,8 +177,9 @@ class RunLog:
         with open(self.jsonl, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
-        for group in ("loss", "weight", "valid"):
-            flat.update({f"{group}/{k}": v for k, v in row.get(group, {}).items()})
+        for group in ("loss", "weight", "valid", "r2", "diag"):
+            flat.update({f"{group}/{k}": v for k, v in row.get(group, {}).items()
+                         if v is not None})
         if row.get("kind") == "train":
             new = not self.csv.exists() or self.csv.stat().st_size == 0
             with open(self.csv, "a", newline="") as fh:
@@ -295,6 +308,18 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             workers.targets, crop_frames=data.crop_frames, device=env.device,
             pairs=workers.needs_pairs, normalise_like=data,
         )
+    probe = None
+    if cfg.probe_store and cfg.diagnostics and env.main:
+        try:
+            probe = ProbeTask.plan(cfg.probe_store)
+        except (ValueError, OSError) as e:
+            raise TrainingError(f"probe_store: {e}") from None
+        pstore = open_stores(cfg.probe_store)[0]
+        if (pstore.sample_rate, pstore.hop) != (data.sample_rate, data.hop):
+            raise TrainingError(
+                f"probe_store {cfg.probe_store}: sample rate {pstore.sample_rate} and hop "
+                f"{pstore.hop} differ from the training store's {data.sample_rate} and "
+                f"{data.hop}")
     model: nn.Module = MultiTask(encoder, workers).to(env.device)
     weighting = build_weighting(cfg.weighting, names, **cfg.weighting_kwargs).to(env.device)
     optimizer = torch.optim.AdamW(_param_groups(model, weighting, cfg), lr=cfg.lr,
@@ -330,6 +355,26 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
     shared = shared_parameter(_unwrap(model).encoder)
     use_bf16 = env.device.type == "cuda"
     log = RunLog(out, step, env.main)
+    diagnostics = _Diagnostics(cfg, out, valid if valid is not None else data, env, probe,
+                               resume, data.sample_rate) \
+        if cfg.diagnostics and env.main else None
+
+    def diagnose(at: int) -> None:
+        """Validation (with R²) and the diagnostics due at step ``at``, then the plot."""
+        wrote = False
+        if valid is not None and (at % cfg.eval_every == 0 or at == cfg.steps):
+            val, r2 = evaluate(model, valid, cfg, env)
+            log.write({"kind": "valid", "step": at, "valid": val, "r2": r2})
+            wrote = True
+        if diagnostics is not None:
+            row = diagnostics.row(model, at)
+            if row is not None:
+                log.write(row)
+                wrote = True
+            if wrote:
+                plot_diagnostics(out)
+        model.train()
+
     feeder = Prefetcher(data, seed=cfg.seed, start_step=step, batch_size=per_rank,
                         rank=env.rank, depth=cfg.prefetch)
     from tqdm import tqdm
@@ -338,6 +383,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                file=sys.stderr, dynamic_ncols=True, unit="step")
     window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
     try:
+        if step == 0 and cfg.diagnostics:
+            diagnose(0)  # the random initialisation
         model.train()
         while step < cfg.steps:
             wait0 = feeder.wait_seconds
@@ -395,10 +442,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                     f"loss {row['total']:.3f}, {row['audio_s_per_s']:.0f} audio-s/s, "
                     f"data-wait {100 * row['data_wait']:.0f}%", refresh=False)
                 window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
-            if valid is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                log.write({"kind": "valid", "step": step,
-                           "valid": evaluate(model, valid, cfg, env)})
-                model.train()
+            diagnose(step)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 if env.main:
                     _atomic_save({
@@ -423,17 +467,87 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: CropDataset, cfg: PretrainConfig, env: Env
-             ) -> dict[str, float]:
-    """Mean per-worker loss over ``cfg.valid_batches`` fixed batches of clean crops."""
+             ) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Per-worker validation over ``cfg.valid_batches`` fixed batches of clean crops.
+
+    Returns
+    -------
+    losses : dict of str to float
+        Mean loss of every worker over the batches (this rank's).
+    r2 : dict of str to float or None
+        R² of every regression worker over all the batches (and, under DDP, all ranks):
+        ``1 - sum_j SSE_j / sum_j SST_j`` over the target's dimensions ``j``, the
+        variance-weighted average (:class:`trainer.diagnostics.R2Accumulator`); None for
+        a target without variance on the validation data.
+    """
     model.eval()
+    m = _unwrap(model)
     sums: dict[str, float] = {}
+    r2 = {name: R2Accumulator() for name in m.workers.targets}
     per_rank = cfg.batch_size // env.world
     for k in range(cfg.valid_batches):
         batch = data.batch(cfg.seed + 7919, k, per_rank, env.rank)
         gen = step_generator(env.device, cfg.seed + 7919, k, env.rank)
         with torch.autocast(env.device.type, dtype=torch.bfloat16,
                             enabled=env.device.type == "cuda"):
-            losses = _unwrap(model)(batch.wave, batch.wave, batch.targets, gen)
+            h = m.encoder(batch.wave)
+            losses = m.workers(h, batch.wave, batch.targets, gen)
+            for name, acc in r2.items():
+                acc.update(m.workers.heads[name](h).float(), batch.targets[name])
         for name, v in losses.items():
             sums[name] = sums.get(name, 0.0) + float(v.float()) / cfg.valid_batches
-    return sums
+    if env.world > 1:
+        for acc in r2.values():
+            if acc.sums is not None:
+                dist.all_reduce(acc.sums)
+    return sums, {name: acc.value() for name, acc in r2.items()}
+
+
+@contextlib.contextmanager
+def _untouched_random_state(device: torch.device) -> Any:
+    """Run diagnostics without moving any global random stream (torch, CUDA, numpy,
+    Python): the training losses are the same with and without them."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class _Diagnostics:
+    """The run's collapse detector and optional probe (main rank only)."""
+
+    def __init__(self, cfg: PretrainConfig, out: Path, source: CropDataset, env: Env,
+                 probe: ProbeTask | None, resume: bool, sample_rate: int) -> None:
+        self.cfg, self.out, self.env, self.probe = cfg, out, env, probe
+        self.sample_rate = sample_rate
+        self.wave = heldout_batch(out / HELDOUT, source, cfg.diag_clips, cfg.seed,
+                                  reuse=resume)
+        self.probe_every = cfg.probe_every or cfg.eval_every
+
+    def due(self, step: int) -> tuple[bool, bool]:
+        """(collapse statistics, probe) due at ``step``."""
+        last = step == self.cfg.steps
+        collapse = step == 0 or step % self.cfg.eval_every == 0 or last
+        probe = self.probe is not None and (step == 0 or step % self.probe_every == 0 or last)
+        return collapse, probe
+
+    def row(self, model: nn.Module, step: int) -> dict[str, Any] | None:
+        collapse, probe = self.due(step)
+        if not (collapse or probe):
+            return None
+        enc = _unwrap(model).encoder
+        enc = getattr(enc, "_orig_mod", enc)
+        diag: dict[str, Any] = {}
+        with _untouched_random_state(self.env.device):
+            model.eval()
+            if collapse:
+                diag.update(collapse_stats(enc, self.wave, self.env.device,
+                                           batch_size=max(1, self.cfg.batch_size // 2),
+                                           dead_ratio=self.cfg.diag_dead_ratio))
+            if probe and self.probe is not None:
+                X = self.probe.embed(enc, self.env.device, self.sample_rate)
+                diag["probe_accuracy"] = self.probe.accuracy(X, self.cfg.probe_c)
+        return {"kind": "diag", "step": step, "diag": diag}
