@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import json
 import os
 import signal
@@ -119,6 +120,26 @@ def slow_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         y = tone(110.0 * (1 + k % 6), 1.0) if k % 3 else noise(1.0, seed=100 + k)
         write_wav(root / f"clip{k:02d}.wav", y)
     return root
+
+
+# --------------------------------------------------------------------------- disks
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: int) -> Iterator[Path]:
+    """A real file system of ``size`` bytes mounted at ``folder`` (needs root)."""
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                            str(folder)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mount.stderr.strip() or 'mount failed'}): "
+                    "the disk-full tests need root")
+    try:
+        yield folder
+    finally:
+        gc.collect()  # memory maps of files on it
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 # --------------------------------------------------------------------------- processes

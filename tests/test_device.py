@@ -338,7 +338,7 @@ def test_probe_checks_the_encoder_spec_before_embedding(
     cases = {
         str(tmp_path / "missing.pt"): (
             f"error: {tmp_path / 'missing.pt'}: no such encoder file (expected an encoder.pt,"
-            " 'random:<encoder>' or 'mfcc-stats')"),
+            " 'random:<encoder>', 'mfcc-stats', 'targets-stats')"),
         "random:nope": ("error: 'random:nope': 'nope' is neither a known encoder (melcnn, "
                         "pase+, samplecnn) nor an encoder file"),
         "supervised:nope": ("error: unknown encoder 'nope'; known encoders: melcnn, pase+, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import tmpfs
 from stores import TINY_PASE, build_store, tone_corpus
 from torch import Tensor, nn
 
@@ -184,6 +186,25 @@ def test_cache_is_reused_and_invalidated_for_another_store(stores: dict[str, Pat
     calls = counting(final)
     clip_embeddings(final, path, crop_seconds=1.0, device="cpu")
     assert calls == []
+
+
+def test_a_full_disk_leaves_the_embeddings_uncached(stores: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    size = stores["mfcc"].stat().st_size
+    with tmpfs(tmp_path / "disk", size + 16 * 1024) as disk:
+        path = disk / "tones.h5"
+        shutil.copy(stores["mfcc"], path)
+        (disk / "filler").write_bytes(bytes(os.statvfs(disk).f_bavail * 4096 - 4096))
+        first = tiny()
+        with pytest.warns(RuntimeWarning, match="embeddings not cached .No space left"):
+            a = clip_embeddings(first, path, crop_seconds=1.0, device="cpu")
+        assert not [p for p in disk.rglob("*") if ".tmp-" in p.name]
+        sidecar = cache_path(path, first.key, "mean+std", 1.0)
+        assert not sidecar.exists()
+        (disk / "filler").unlink()
+        b = clip_embeddings(tiny(), path, crop_seconds=1.0, device="cpu")  # room again
+        np.testing.assert_array_equal(a.X, b.X)
+        assert sidecar.exists()
 
 
 def test_mfcc_stats_on_a_store_without_mfcc_says_how_to_add_it(

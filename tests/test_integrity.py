@@ -8,16 +8,14 @@ Faults are written into built stores the way a disk or a careless copy would: wi
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
-import gc
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -25,7 +23,7 @@ import numpy as np
 import pytest
 import xxhash
 from click.testing import CliRunner
-from conftest import HOP, SR
+from conftest import HOP, SR, tmpfs
 
 import featurestore.store
 from featurestore import FeatureStoreError, open_store, open_stores, verify
@@ -476,23 +474,6 @@ def test_set_id_for_is_a_stable_content_id() -> None:
 
 
 # --------------------------------------------------------------------------- a full disk
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: int) -> Iterator[Path]:
-    """A real file system of ``size`` bytes mounted at ``folder`` (needs root)."""
-    folder.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                            str(folder)], capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({mount.stderr.strip() or 'mount failed'}): "
-                    "the disk-full tests need root")
-    try:
-        yield folder
-    finally:
-        gc.collect()  # memory maps of files on it
-        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def fill(disk: Path, leave: int) -> None:

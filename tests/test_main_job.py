@@ -31,3 +31,31 @@ def test_the_main_job_beats_the_majority_class(tmp_path: Path) -> None:
         assert accuracy > result["majority"]["accuracy"] + 0.1, (name, accuracy)
     verdict = (out / "verdict.md").read_text()
     assert verdict.count("Pre-training") == 2
+
+
+def write_result(out: Path, name: str, store: str, mean: float, std: float,
+                 chance: float, majority: float) -> None:
+    folder = out / "reports" / name / store
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({
+        "task": "classification", "summary": {"accuracy": {"mean": mean, "std": std}},
+        "chance": {"accuracy": chance}, "majority": {"accuracy": majority}}))
+
+
+def test_the_verdict_compares_against_the_higher_of_chance_and_majority(
+        tmp_path: Path) -> None:
+    from trainer.demo import plain_words
+
+    # grouped folds: the majority figure reads 0.0, chance is 0.2
+    write_result(tmp_path, "pase-default-equal", "composers", 0.15, 0.01, 0.2, 0.0)
+    write_result(tmp_path, "targets-stats", "composers", 0.30, 0.02, 0.2, 0.0)
+    write_result(tmp_path, "pase-default-equal", "instruments", 0.50, 0.01, 0.09, 0.3)
+    assert plain_words(tmp_path).splitlines() == [
+        "composers: pre-trained 0.150 ± 0.010, default-target statistics 0.300 ± 0.020, "
+        "chance 0.200, majority class 0.000 (accuracy, mean ± std over seeds). "
+        "Pre-training is worse than default-target statistics, is below the label-only "
+        "baseline (0.200, the higher of chance and majority).",
+        "instruments: pre-trained 0.500 ± 0.010, chance 0.090, majority class 0.300 "
+        "(accuracy, mean ± std over seeds). Pre-training beats the label-only baseline "
+        "(0.300, the higher of chance and majority).",
+    ]

@@ -185,3 +185,112 @@ def test_compare_groups_by_store(tmp_path: Path) -> None:
     assert body[1].split("|")[1].strip() == ""  # store named once per group
     assert body[2].split("|")[1].strip() == "stores/gtzan.h5"
     assert "89.0 ± 0.4" in body[0] and "—" in body[0]
+
+
+def test_summary_shows_chance_next_to_majority(tmp_path: Path, classification) -> None:
+    result, _, _ = classification
+    summary = (write_report(tmp_path, result, meta=META) / "summary.md").read_text()
+    chance, majority = result.chance["accuracy"], result.majority["accuracy"]
+    assert "| Metric | Probe, mean ± std over seeds (%) | Chance (%) | Majority baseline (%) |" \
+        in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| Accuracy |"))
+    assert row.endswith(f"| {100 * chance:.1f} | {100 * majority:.1f} |")
+    assert f"against a chance level of {100 * chance:.1f} %" in summary
+    base = 100 * max(chance, majority)
+    assert f"the higher of chance and majority, {base:.1f} %" in summary
+    assert json.loads((tmp_path / "result.json").read_text())["chance"] == result.chance
+
+
+def seed_result(path: Path, name: str, accuracy: float, pretrain: dict | None,
+                probe_seeds: int = 3, chance: float = 0.2, majority: float = 0.0) -> Path:
+    """A synthetic result.json: ``accuracy`` is the mean over probe seeds."""
+    result = ProbeResult(
+        task="classification", classes=["a", "b"], metric="accuracy",
+        per_seed=[{"seed": k} for k in range(probe_seeds)],
+        summary={"accuracy": {"mean": accuracy, "std": 0.01},
+                 "macro_f1": {"mean": accuracy - 0.1, "std": 0.02}},
+        majority={"accuracy": majority, "macro_f1": 0.0},
+        chance={"accuracy": chance, "macro_f1": chance / 2},
+        n_train=8, n_valid=2, n_test=2, folds=5,
+        config={"classifier": "mlp", "seeds": probe_seeds, "device": "cpu"},
+    )
+    meta: dict = {"name": name, "store": "stores/gtzan.h5", "pooling": "mean+std"}
+    if pretrain is not None:
+        meta["pretrain"] = pretrain
+    path.mkdir(parents=True)
+    (path / "result.json").write_text(json.dumps(
+        {"format": "trainer-probe-result/1", "meta": meta, **result.to_dict()}))
+    return path / "result.json"
+
+
+def recipe(seed: int, weighting: str = "equal") -> dict:
+    return {"encoder": "pase+", "workers": ["default"], "weighting": weighting,
+            "steps": 1000, "seed": seed, "out": f"runs/w-{weighting}-s{seed}",
+            "device": "cuda" if seed else "cpu"}
+
+
+def test_compare_aggregates_pretraining_seeds(tmp_path: Path) -> None:
+    paths = [
+        seed_result(tmp_path / "0", "w-equal-s0", 0.70, recipe(0)),
+        seed_result(tmp_path / "1", "w-equal-s1", 0.74, recipe(1)),
+        seed_result(tmp_path / "2", "w-equal-s2", 0.78, recipe(2)),
+        seed_result(tmp_path / "3", "w-dwa-s0", 0.76, recipe(0, "dwa")),
+        seed_result(tmp_path / "4", "mfcc-stats", 0.50, None, probe_seeds=2),
+    ]
+    lines = compare(paths).strip().splitlines()
+    assert lines[0] == ("| Store | Run | Accuracy (%) | Macro-F1 (%) | Majority (%) | "
+                        "Chance (%) | Spread |")
+    assert lines[2:] == [
+        "| stores/gtzan.h5 | w-dwa-s0 | 76.0 ± 1.0 | 66.0 ± 2.0 | 0.0 (Accuracy) | 20.0 | "
+        "± over 3 probe seeds |",
+        "|  | w-equal (pre-training seeds 0, 1, 2) | 74.0 ± 4.0 | 64.0 ± 4.0 | "
+        "0.0 (Accuracy) | 20.0 | ± over 3 pre-training seeds |",
+        "|  | mfcc-stats | 50.0 ± 1.0 | 40.0 ± 2.0 | 0.0 (Accuracy) | 20.0 | "
+        "± over 2 probe seeds |",
+    ]
+    ungrouped = compare(paths, group_seeds=False).strip().splitlines()
+    assert len(ungrouped) == 2 + 5
+    assert sum("± over 3 probe seeds" in line for line in ungrouped) == 4
+
+
+def test_compare_keeps_runs_apart_when_the_probe_differs(tmp_path: Path) -> None:
+    a = seed_result(tmp_path / "a", "w-equal-s0", 0.70, recipe(0))
+    b = seed_result(tmp_path / "b", "w-equal-s1", 0.74, recipe(1), probe_seeds=2)
+    same_seed = seed_result(tmp_path / "c", "w-equal-s0-again", 0.72, recipe(0))
+    table = compare([a, b, same_seed])
+    assert "pre-training seeds" not in table
+    assert table.count("± over 3 probe seeds") == 2 and table.count("± over 2 probe seeds") == 1
+
+
+def test_write_report_records_the_pretraining_config(tmp_path: Path, classification) -> None:
+    from stores import TINY_PASE
+
+    from trainer.config import PretrainConfig
+    from trainer.encoders import build_encoder
+    from trainer.pretrain import save_encoder
+
+    encoder = build_encoder("pase+", **TINY_PASE)
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, encoder, "pase+", PretrainConfig(seed=7, weighting="dwa"), 10, 16000)
+    result, _, _ = classification
+    write_report(tmp_path / "r", result, meta={"encoder": str(path)})
+    data = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert data["meta"]["pretrain"]["seed"] == 7
+    assert data["meta"]["pretrain"]["weighting"] == "dwa"
+    write_report(tmp_path / "m", result, meta={"encoder": "mfcc-stats"})
+    assert "pretrain" not in json.loads((tmp_path / "m" / "result.json").read_text())["meta"]
+
+
+def test_compare_command_groups_unless_per_seed(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from trainer.cli import main as cli
+
+    paths = [str(seed_result(tmp_path / str(s), f"w-equal-s{s}", 0.7, recipe(s)))
+             for s in (0, 1)]
+    grouped = CliRunner().invoke(cli, ["compare", *paths])
+    assert grouped.exit_code == 0, grouped.output
+    assert "| w-equal (pre-training seeds 0, 1) | 70.0 ± 0.0 |" in grouped.output
+    assert "± over 2 pre-training seeds" in grouped.output
+    apart = CliRunner().invoke(cli, ["compare", "--per-seed", *paths])
+    assert apart.exit_code == 0 and apart.output.count("± over 3 probe seeds") == 2

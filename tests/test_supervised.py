@@ -161,6 +161,7 @@ def test_run_supervised_is_shaped_like_a_probe(store: Path, two_seeds: ProbeResu
                       ProbeConfig(seeds=1, classifier="linear", epochs=2, lrs=(1e-3,),
                                   weight_decays=(0.0,)))
     assert result.majority == probe.majority
+    assert result.chance == probe.chance and result.chance["accuracy"] is not None
     assert (probe.n_train, probe.n_valid, probe.n_test) == (30, 6, 12)
     assert set(result.summary) == set(probe.summary)
     assert set(result.to_dict()) == set(probe.to_dict())

@@ -91,7 +91,8 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
 
 @main.command()
 @click.option("--encoder", "spec", required=True,
-              help="encoder.pt, random:<encoder or encoder.pt>, or mfcc-stats.")
+              help="encoder.pt, random:<encoder or encoder.pt>, mfcc-stats or "
+                   "targets-stats.")
 @click.option("--store", required=True, type=click.Path(), help="Store whose clips to embed.")
 @click.option("--pooling", default="mean+std", show_default=True,
               type=click.Choice(["mean", "mean+std"]))
@@ -115,8 +116,9 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
 
 @main.command()
 @click.option("--encoder", "spec", required=True,
-              help="encoder.pt, random:<encoder or encoder.pt>, mfcc-stats, or "
-                   "supervised:<encoder> (trained from scratch on the store's labels).")
+              help="encoder.pt, random:<encoder or encoder.pt>, mfcc-stats, "
+                   "targets-stats, or supervised:<encoder> (trained from scratch on the "
+                   "store's labels).")
 @click.option("--store", required=True, type=click.Path(), help="Labeled store.")
 @click.option("--classifier", default="mlp", show_default=True,
               type=click.Choice(["linear", "mlp"]))
@@ -197,14 +199,21 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
 @main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(), help="Also write the table to this Markdown file.")
+@click.option("--per-seed", is_flag=True,
+              help="One row per run, not one row per pre-training recipe (mean ± std over "
+                   "pre-training seeds).")
 @_user_errors
-def compare(results: tuple[str, ...], out: str | None) -> None:
-    """One table of every probe report (result.json files)."""
+def compare(results: tuple[str, ...], out: str | None, per_seed: bool) -> None:
+    """One table of every probe report (result.json files).
+
+    Runs of one pre-training recipe that differ only in the pre-training seed become one
+    row, mean ± std over pre-training seeds; the Spread column says which spread each ±
+    is."""
     from pathlib import Path
 
     from trainer.report import compare as table
 
-    text = table(list(results))
+    text = table(list(results), group_seeds=not per_seed)
     click.echo(text)
     if out:
         Path(out).write_text(text + "\n")

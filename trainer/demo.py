@@ -5,8 +5,8 @@
 2. build one feature store per part with the default targets (one local Dask cluster);
 3. pre-train PASE+ with the default workers and equal weighting on the unlabeled audio and
    the labeled parts' training clips;
-4. probe the frozen encoder on instrument family and composer, next to the MFCC-statistics
-   and random-weights baselines, over several seeds;
+4. probe the frozen encoder on instrument family and composer, next to the MFCC-statistics,
+   default-target-statistics and random-weights baselines, over several seeds;
 5. print the comparison table and say in plain words whether pre-training helped.
 
 Every step is skipped when its result exists, so an interrupted demo resumes.
@@ -95,7 +95,7 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
                       "composers": {"path": str(stores["composers"]), "folds": 5}},
         runs=[Run("pase-default-equal", base)],
         probe={"seeds": seeds, "classifier": "mlp", "pooling": "mean+std"},
-        baselines=["mfcc-stats", "random"], pretrain_splits=["train", ""],
+        baselines=["mfcc-stats", "targets-stats", "random"], pretrain_splits=["train", ""],
     )
     echo(f"3/4 pre-training PASE+ ({base.steps} steps, {dev}) and 4/4 probes")
     table = run_sweep(sweep, out, device=str(dev), progress=progress,
@@ -122,12 +122,20 @@ def _demo_data(folder: Path, seed: int, scale: float, make: Callable[..., dict[s
 
 def plain_words(out: Path) -> str:
     """One sentence per probe store: pre-trained vs random weights vs MFCC statistics vs
-    the majority class, with the spread over seeds."""
+    the statistics of the default targets vs chance and the majority class, with the
+    spread over seeds.
+
+    Chance is the expected score of a guess from the training label prior (it stays
+    meaningful under grouped folds, where a fold's test part may lack the training
+    majority class and the majority figure falls to 0); the label-only baseline the
+    encoder must beat is the higher of chance and majority.
+    """
     lines = []
     for store_dir in sorted((out / "reports" / "pase-default-equal").glob("*")):
         store = store_dir.name
         found = {}
-        for name in ("pase-default-equal", "random-pase-default-equal", "mfcc-stats"):
+        for name in ("pase-default-equal", "random-pase-default-equal", "mfcc-stats",
+                     "targets-stats"):
             path = out / "reports" / name / store / "result.json"
             if path.exists():
                 found[name] = json.loads(path.read_text())
@@ -144,7 +152,8 @@ def plain_words(out: Path) -> str:
         parts = [f"{store}: pre-trained {fmt(res)}"]
         verdicts = []
         for name, label in (("random-pase-default-equal", "random weights"),
-                            ("mfcc-stats", "MFCC statistics")):
+                            ("mfcc-stats", "MFCC statistics"),
+                            ("targets-stats", "default-target statistics")):
             if name in found:
                 parts.append(f"{label} {fmt(found[name])}")
                 other = found[name]["summary"][metric]
@@ -155,9 +164,22 @@ def plain_words(out: Path) -> str:
                     verdicts.append(f"is worse than {label}")
                 else:
                     verdicts.append(f"is within the seed spread of {label}")
+        chance = res.get("chance", {}).get(metric)
         majority = res.get("majority", {}).get(metric)
+        if chance is not None:
+            parts.append(f"chance {chance:.3f}")
         if majority is not None:
             parts.append(f"majority class {majority:.3f}")
+        labels_only = [v for v in (chance, majority) if v is not None]
+        if labels_only:
+            floor, spread = max(labels_only), res["summary"][metric]["std"]
+            what = f"the label-only baseline ({floor:.3f}, the higher of chance and majority)"
+            if pre - spread > floor:
+                verdicts.append(f"beats {what}")
+            elif pre + spread < floor:
+                verdicts.append(f"is below {what}")
+            else:
+                verdicts.append(f"is within the seed spread of {what}")
         lines.append(f"{', '.join(parts)} ({metric}, mean ± std over seeds). "
                      f"Pre-training {', '.join(verdicts) or 'has no baseline to compare'}.")
     return "\n".join(lines)

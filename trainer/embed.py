@@ -8,7 +8,11 @@ come from :func:`load_embedder`:
   initialisation, the baseline that shows what pre-training adds);
 * ``mfcc-stats``, the classical baseline: the store's own ``mfcc`` rows (20 MFCC with
   deltas and delta-deltas) as frame features, so that pooling gives their mean and
-  standard deviation over the clip.
+  standard deviation over the clip;
+* ``targets-stats``, what the pre-training workers teach without any network: every
+  *default* frame-rate target of the store (its spec says ``default=True``) as frame
+  features, pooled like ``mfcc-stats``, with the default clip-rate targets appended as
+  they are.
 
 :func:`clip_embeddings` pools the frames of every clip into one vector ("mean" or
 "mean+std") and caches the result in ``<store>.embeddings/<key>-<pooling>-<crop>.h5``
@@ -46,6 +50,8 @@ from trainer.device import resolve_device
 POOLINGS = ("mean", "mean+std")
 MFCC_STATS = "mfcc-stats"
 MFCC_STATS_KEY = "mfcc-stats-v1"  # bump when what mfcc-stats computes changes
+TARGETS_STATS = "targets-stats"
+TARGETS_STATS_KEY = "targets-stats-v1"  # bump when what targets-stats computes changes
 CACHE_FORMAT = "trainer-embeddings/1"
 
 
@@ -136,6 +142,11 @@ class Embedder:
         """Frame embeddings ``[T, D]`` (float32) of clip ``i`` of ``store``."""
         raise NotImplementedError
 
+    def pooled(self, store: Store, i: int, pooling: str,
+               device: str | torch.device = "cpu") -> np.ndarray:
+        """The pooled embedding of clip ``i``: :func:`pool` of :meth:`frames`."""
+        return pool(self.frames(store, i, device), pooling)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, key={self.key[:12]!r})"
 
@@ -158,6 +169,65 @@ class MfccStatsEmbedder(Embedder):
     def frames(self, store: Store, i: int, device: str | torch.device = "cpu") -> np.ndarray:
         self.check(store)
         return np.asarray(store.frames_of("mfcc", i), dtype=np.float32)
+
+
+class TargetsStatsEmbedder(Embedder):
+    """What pre-training teaches, without a network: the store's default targets.
+
+    The frame features of a clip are its rows of every frame-rate target whose spec says
+    ``default=True``, concatenated in sorted target-name order, so that ``mean+std``
+    pooling gives the mean and then the standard deviation of every such target (the
+    same pooling, and the same absence of any scaling, as ``mfcc-stats``: the probe
+    z-scores the features with the training clips' statistics). Default clip-rate
+    targets are appended to the pooled vector as they are (one row per clip). Sample-rate
+    data (the waveform) is the encoder's input and is not a feature here.
+    """
+
+    def __init__(self) -> None:
+        self.name = TARGETS_STATS
+        self.key = TARGETS_STATS_KEY
+
+    @staticmethod
+    def targets_of(store: Store) -> tuple[list[str], list[str]]:
+        """The store's default frame-rate and clip-rate target names, each sorted."""
+        specs = store.specs
+        default = sorted(n for n in store.targets if specs[n].default)
+        return ([n for n in default if specs[n].rate == "frame"],
+                [n for n in default if specs[n].rate == "clip"])
+
+    def dim(self, store: Store, pooling: str = "mean+std") -> int:
+        """Dimensions of a pooled embedding of ``store``: ``(1 or 2) x`` the frame-rate
+        dims plus the clip-rate dims."""
+        frame, clip = self.targets_of(store)
+        per = 2 if pooling == "mean+std" else 1
+        return (per * sum(store.specs[n].dim for n in frame)
+                + sum(store.specs[n].dim for n in clip))
+
+    def check(self, store: Store) -> None:
+        frame, clip = self.targets_of(store)
+        if not frame and not clip:
+            raise ValueError(
+                f"{store.path}: the store has no default target, which targets-stats "
+                f"embeds (it has {', '.join(sorted(store.targets)) or 'none'}); build it "
+                "with the default targets ('featurestore build SOURCE -o STORE')"
+            )
+
+    def frames(self, store: Store, i: int, device: str | torch.device = "cpu") -> np.ndarray:
+        self.check(store)
+        frame, _ = self.targets_of(store)
+        n = int(store.clips["n_frames"][i])
+        if not frame:
+            return np.zeros((n, 0), dtype=np.float32)
+        return np.concatenate([np.asarray(store.frames_of(name, i), dtype=np.float32)
+                               for name in frame], axis=1)
+
+    def pooled(self, store: Store, i: int, pooling: str,
+               device: str | torch.device = "cpu") -> np.ndarray:
+        _, clip = self.targets_of(store)
+        parts = [pool(self.frames(store, i, device), pooling)]
+        parts += [np.asarray(store.frames_of(name, i), dtype=np.float32).reshape(-1)
+                  for name in clip]
+        return np.concatenate(parts).astype(np.float32)
 
 
 class EncoderEmbedder(Embedder):
@@ -263,6 +333,11 @@ class EncoderEmbedder(Embedder):
         return np.concatenate(out).astype(np.float32)
 
 
+STORE_BASELINES: dict[str, type[Embedder]] = {
+    MFCC_STATS: MfccStatsEmbedder, TARGETS_STATS: TargetsStatsEmbedder}
+"""Encoder specs that read a feature store instead of audio (no network), by name."""
+
+
 def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu",
                   encoder_kwargs: dict[str, Any] | None = None) -> Embedder:
     """The embedder named by ``spec``.
@@ -281,7 +356,9 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
         * ``random:<path to encoder.pt>``: the same for the architecture recorded in that
           file (its encoder name and keyword arguments; its weights are not used), so its
           key equals that of ``random:<name>`` with those arguments;
-        * ``mfcc-stats``: the store's ``mfcc`` rows (key ``mfcc-stats-v1``).
+        * ``mfcc-stats``: the store's ``mfcc`` rows (key ``mfcc-stats-v1``);
+        * ``targets-stats``: the store's default targets (key ``targets-stats-v1``; see
+          :class:`TargetsStatsEmbedder`).
     seed : int
         Initialisation seed of ``random:`` encoders.
     device : str or torch.device
@@ -307,8 +384,8 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     from trainer.encoders import ENCODERS, build_encoder
 
     dev = resolve_device(device)
-    if spec == MFCC_STATS:
-        return MfccStatsEmbedder()
+    if spec in STORE_BASELINES:
+        return STORE_BASELINES[spec]()
     if spec.startswith("random:"):
         target = spec.split(":", 1)[1]
         sample_rate = 16000
@@ -334,8 +411,8 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
         return EncoderEmbedder(spec, key, build, sample_rate=sample_rate)
     if not os.path.exists(spec):
         raise FileNotFoundError(
-            f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>' or "
-            f"'{MFCC_STATS}')")
+            f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>', "
+            f"{', '.join(repr(name) for name in STORE_BASELINES)})")
     from trainer.pretrain import read_encoder_file
 
     read_encoder_file(spec, mmap=True)  # an encoder file? (its weights are not read)
@@ -439,26 +516,40 @@ def _read_cache(path: Path, identity: dict[str, Any], key: str, pooling: str,
 
 def _write_cache(path: Path, X: np.ndarray, ids: list[str], identity: dict[str, Any],
                  embedder: Embedder, pooling: str, crop_seconds: float) -> None:
+    """Write the cache file: laid out by h5py in memory, then written with plain writes
+    into a temporary file renamed over ``path``. A cache is optional: when the disk is
+    full (or unwritable) a warning says so, nothing is left behind and the embeddings are
+    used uncached (HDF5 itself could crash at exit after failing to write a file)."""
+    import io
+    import warnings
+
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        f.attrs["format"] = CACHE_FORMAT
+        f.attrs["key"] = embedder.key
+        f.attrs["name"] = embedder.name
+        f.attrs["pooling"] = pooling
+        f.attrs["crop_seconds"] = float(crop_seconds)
+        for k, v in identity.items():
+            f.attrs[k] = v
+        f.create_dataset("X", data=X)
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = CACHE_FORMAT
-            f.attrs["key"] = embedder.key
-            f.attrs["name"] = embedder.name
-            f.attrs["pooling"] = pooling
-            f.attrs["crop_seconds"] = float(crop_seconds)
-            for k, v in identity.items():
-                f.attrs[k] = v
-            f.create_dataset("X", data=X)
-            f.create_dataset("ids", data=np.array(ids, dtype=object),
-                             dtype=h5py.string_dtype())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            out.write(image.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"{path}: embeddings not cached ({e.strerror or e}); they are used "
+                      "as computed", RuntimeWarning, stacklevel=3)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
@@ -553,7 +644,8 @@ def clip_embeddings(spec: str | Embedder, store_path: str | os.PathLike[str], *,
     ValueError
         Unknown pooling; a device this machine lacks
         (:class:`trainer.device.DeviceError`); an encoder whose frame rate or sample rate
-        differs from the store's; ``mfcc-stats`` on a store without ``mfcc``.
+        differs from the store's; ``mfcc-stats`` on a store without ``mfcc``;
+        ``targets-stats`` on a store without a default target.
     featurestore.errors.FeatureStoreError
         No such store, or not a readable store.
     """
@@ -605,7 +697,7 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
                 bar.update(1)
         else:
             for i in range(store.n_clips):
-                rows.append(pool(embedder.frames(store, i, device), pooling))
+                rows.append(embedder.pooled(store, i, pooling, device))
                 bar.update(1)
     finally:
         bar.close()
@@ -615,6 +707,6 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
 
 
 __all__ = [
-    "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder", "cache_path",
-    "clip_embeddings", "crop_bounds", "load_embedder", "pool",
+    "STORE_BASELINES", "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder",
+    "TargetsStatsEmbedder", "cache_path", "clip_embeddings", "crop_bounds", "load_embedder", "pool",
 ]

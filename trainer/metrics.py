@@ -15,6 +15,7 @@ classes and over a leading batch axis; the probe uses it at every epoch for earl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ from scipy.stats import rankdata
 
 __all__ = [
     "average_precision",
+    "chance_classification",
+    "chance_tagging",
     "classification_metrics",
     "encode_labels",
     "roc_auc",
@@ -305,3 +308,130 @@ def tagging_metrics(Y: np.ndarray, scores: np.ndarray, classes: list[str]) -> di
         "excluded": [c for i, c in enumerate(classes) if not included[i]],
         "n": int(n),
     }
+
+
+# --------------------------------------------------------------------------- chance levels
+
+_MC_DRAWS = 4000  # draws of the stratified guess when macro-F1 has no closed form here
+
+
+def _binomial_window(n: int, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Values and probabilities of Binomial(n, p) over every value with any mass that
+    float64 can hold next to 1 (the mean ± 12 standard deviations + 30)."""
+    from scipy.stats import binom
+
+    sd = math.sqrt(n * p * (1 - p))
+    lo = max(0, math.floor(n * p - 12 * sd - 30))
+    hi = min(n, math.ceil(n * p + 12 * sd + 30))
+    k = np.arange(lo, hi + 1)
+    return k, binom.pmf(k, n, p)
+
+
+def _expected_f1(n_pos: int, n: int, p: float) -> float:
+    """E[F1] of one class with ``n_pos`` of ``n`` clips when every clip is predicted as it
+    independently with probability ``p``: ``TP ~ Bin(n_pos, p)`` and ``FP ~ Bin(n - n_pos,
+    p)`` are independent and ``F1 = 2 TP / (n_pos + TP + FP)``."""
+    if n_pos == 0 or p <= 0.0:
+        return 0.0
+    a, pa = _binomial_window(n_pos, p)
+    b, pb = _binomial_window(n - n_pos, p)
+    f1 = 2.0 * a[:, None] / (n_pos + a[:, None] + b[None, :])
+    return float(pa @ f1 @ pb)
+
+
+def chance_classification(prior: np.ndarray, y: np.ndarray, draws: int = _MC_DRAWS,
+                          seed: int = 0) -> dict[str, float]:
+    """Expected test metrics of the stratified guess: every test clip gets a class drawn
+    independently from the training label prior (scikit-learn's
+    ``DummyClassifier(strategy="stratified")``), whatever the clip.
+
+    This is chance level, which the majority-class figure is not: under grouped folds a
+    fold's test part often lacks the training majority class, and always predicting it
+    then scores 0 % where a guess from the prior scores ``sum_c p_train(c) p_test(c)``.
+
+    Parameters
+    ----------
+    prior : numpy.ndarray, shape (C,)
+        Training class frequencies (non-negative, summing to 1).
+    y : numpy.ndarray of int, shape (n,)
+        True test class indices.
+    draws : int
+        Draws of the guess when macro-F1 is estimated by simulation (see below).
+    seed : int
+        Seed of that simulation.
+
+    Returns
+    -------
+    dict
+        ``accuracy``: exactly ``sum_c prior[c] * q[c]`` with ``q`` the test class
+        frequencies. ``macro_f1``: the expected value of
+        :func:`classification_metrics`' macro-F1, exact (a sum over the binomial
+        distributions of true and false positives, class by class) when every class the
+        guess can predict occurs in the test clips; otherwise a class absent from test
+        joins the macro average only when it happens to be predicted, the average's
+        denominator is random, and the expectation is the mean over ``draws`` seeded
+        simulated guesses.
+    """
+    prior = np.asarray(prior, dtype=np.float64).ravel()
+    y = np.asarray(y).astype(np.int64).ravel()
+    n, n_classes = len(y), len(prior)
+    if n == 0:
+        raise ValueError("no clips to score")
+    if np.any(prior < 0) or not np.isclose(prior.sum(), 1.0):
+        raise ValueError(f"prior must be non-negative and sum to 1, got {prior.tolist()}")
+    prior = prior / prior.sum()
+    counts = np.bincount(y, minlength=n_classes)
+    accuracy = float(prior @ counts / n)
+    if not np.any((counts == 0) & (prior > 0)):
+        present = counts > 0  # the classes of the macro average, on every draw
+        f1 = [_expected_f1(int(counts[c]), n, float(prior[c])) for c in range(n_classes)
+              if present[c]]
+        return {"accuracy": accuracy, "macro_f1": float(np.mean(f1))}
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    chunk = max(1, min(draws, 2_000_000 // n))
+    done = 0
+    while done < draws:
+        r = min(chunk, draws - done)
+        pred = rng.choice(n_classes, size=(r, n), p=prior)
+        f1_sum = np.zeros(r)
+        n_present = np.zeros(r)
+        for c in range(n_classes):
+            is_pred = pred == c
+            predicted = is_pred.sum(axis=1)
+            tp = is_pred[:, y == c].sum(axis=1)
+            denom = counts[c] + predicted
+            f1_sum += np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
+            n_present += denom > 0
+        total += float(np.sum(f1_sum / n_present))
+        done += r
+    return {"accuracy": accuracy, "macro_f1": total / draws}
+
+
+def chance_tagging(Y: np.ndarray) -> dict[str, float | None]:
+    """Expected macro ROC-AUC and PR-AUC of scores that know nothing about the clips.
+
+    Over the tags :func:`tagging_metrics` averages (those with both positive and negative
+    test clips), the expected ROC-AUC of random scores is 0.5 and the expected average
+    precision is the tag's positive rate on test.
+
+    Parameters
+    ----------
+    Y : numpy.ndarray of 0/1, shape (n, C)
+        True test tags.
+
+    Returns
+    -------
+    dict
+        ``roc_auc_macro`` (0.5) and ``pr_auc_macro`` (the mean positive rate); both
+        ``None`` when no tag qualifies.
+    """
+    Y = np.asarray(Y)
+    if Y.ndim != 2 or Y.shape[0] == 0:
+        raise ValueError(f"Y must have shape (n, C) with n > 0, got {Y.shape}")
+    support = Y.sum(axis=0)
+    included = (support > 0) & (support < Y.shape[0])
+    if not included.any():
+        return {"roc_auc_macro": None, "pr_auc_macro": None}
+    return {"roc_auc_macro": 0.5,
+            "pr_auc_macro": float(np.mean(support[included] / Y.shape[0]))}

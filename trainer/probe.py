@@ -4,8 +4,12 @@ This is the field's protocol for judging a frozen encoder (HEAR, MARBLE; see
 ``REFERENCE.md``): a linear layer or an MLP with one hidden layer of 512 (ReLU, dropout 0.2)
 is trained on clip embeddings, its learning rate and weight decay are swept, the point
 with the best validation score is kept, and only that model is scored on the test clips,
-once. Everything is repeated for several seeds and reported as mean ± std, next to the
-score of predicting the training prior (the majority-class baseline).
+once. Everything is repeated for several seeds and reported as mean ± std, next to two
+label-only figures: chance (the expected score of a guess drawn from the training label
+prior, :func:`trainer.metrics.chance_classification`) and the score of predicting the
+training prior for every clip (the majority-class baseline). Under grouped folds a fold's
+test part often lacks the training majority class, so the majority figure can fall far
+below chance; a probe is above the label-only baselines only when it beats both.
 
 Protocol
 --------
@@ -55,6 +59,8 @@ import torch.nn.functional as F
 
 from trainer.device import resolve_device
 from trainer.metrics import (
+    chance_classification,
+    chance_tagging,
     classification_metrics,
     encode_labels,
     roc_auc,
@@ -206,6 +212,12 @@ class ProbeResult:
     majority : dict
         Test metrics of predicting the training prior for every clip (the majority class
         for classification; the mean over folds with K folds).
+    chance : dict
+        Expected test metrics (the scalar metrics of the task) of a guess that knows only
+        the training label prior: :func:`trainer.metrics.chance_classification` (a class
+        drawn from the prior for every clip) or :func:`trainer.metrics.chance_tagging`
+        (ROC-AUC 0.5, PR-AUC the test positive rate); the mean over folds with K folds.
+        Empty in results written before it existed.
     n_train, n_valid, n_test : int
         Clip counts; with K folds ``n_test`` counts every labeled clip (each is tested
         once) and ``n_train`` / ``n_valid`` are the mean per fold.
@@ -225,6 +237,14 @@ class ProbeResult:
     n_test: int
     folds: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    chance: dict[str, Any] = field(default_factory=dict)
+
+    def baseline(self, metric: str) -> float | None:
+        """The label-only figure to beat for ``metric``: the higher of chance and the
+        majority baseline (``None`` when neither is known)."""
+        values = [v for v in (self.chance.get(metric), self.majority.get(metric))
+                  if v is not None]
+        return max(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready Python objects."""
@@ -585,6 +605,16 @@ def _majority(
     prior = Y[train].mean(axis=0)
     scores = np.tile(prior, (len(test), 1))
     return _metrics(task, target[test], scores, classes)
+
+
+def _chance(
+    task: str, Y: np.ndarray, target: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> dict[str, float | None]:
+    """Expected test metrics of a guess from the training label prior (chance level)."""
+    if task == "classification":
+        prior = Y[train].sum(axis=0) / len(train)
+        return chance_classification(prior, target[test])
+    return chance_tagging(Y[test])
 
 
 def _fit_one(
@@ -948,6 +978,7 @@ def run_probe(
     device = resolve_device(config.device)
 
     majorities = [_majority(task, Y, target, tr, te, classes) for tr, _, te in parts]
+    chances = [_chance(task, Y, target, tr, te) for tr, _, te in parts]
 
     per_seed = []
     for seed in range(config.seeds):
@@ -969,6 +1000,7 @@ def run_probe(
                 }
             )
 
+    chance = {m: _mean_or_none([c[m] for c in chances]) for m in SCALAR_METRICS[task]}
     if config.folds is None:
         majority = majorities[0]
         n_train, n_valid, n_test = (len(p) for p in parts[0])
@@ -985,12 +1017,18 @@ def run_probe(
         per_seed=_plain(per_seed),
         summary=_summary(task, per_seed),
         majority=_plain(majority),
+        chance=_plain(chance),
         n_train=int(n_train),
         n_valid=int(n_valid),
         n_test=int(n_test),
         folds=config.folds,
         config=_plain(asdict(config)),
     )
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def _plain(obj: Any) -> Any:

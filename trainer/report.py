@@ -3,16 +3,20 @@
 :func:`write_report` writes one probe run to a folder::
 
     result.json     everything, one JSON object: ``format``, ``meta`` (encoder, store,
-                    pooling, probe config) and the fields of :class:`ProbeResult` at the
-                    top level (``task``, ``summary``, ``per_seed`` with every seed's
-                    metrics, ``majority``, ...)
-    summary.md      the task, the clip counts, mean ± std over seeds against the baseline
+                    pooling, probe config, the encoder's pre-training config) and the
+                    fields of :class:`ProbeResult` at the top level (``task``,
+                    ``summary``, ``per_seed`` with every seed's metrics, ``majority``,
+                    ``chance``, ...)
+    summary.md      the task, the clip counts, mean ± std over seeds against chance and
+                    the majority baseline
     confusion.png   row-normalised confusion matrix (classification only)
     per_class.png   per-class F1 (classification) or ROC-AUC (tagging), mean ± std over seeds
     projection.png  2-D PCA (or t-SNE) of the clip embeddings coloured by label (if given)
 
 :func:`compare` turns several ``result.json`` files into one Markdown table in the style of
-the paper's tables: one row per run, grouped by store, best first.
+the paper's tables: one row per run, grouped by store, best first; runs of one
+pre-training recipe that differ only in the pre-training seed become one row, mean ± std
+over pre-training seeds, and every row says which spread its ± is.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 
 from trainer.probe import MAIN_METRIC, SCALAR_METRICS, ProbeResult
 
-__all__ = ["RESULT_FORMAT", "compare", "load_result", "write_report"]
+__all__ = ["RESULT_FORMAT", "aggregate_seeds", "compare", "load_result", "pretrain_recipe",
+           "write_report"]
 
 RESULT_FORMAT = "trainer-probe-result/1"
 _METRIC_NAMES = {
@@ -240,6 +245,20 @@ def _pct1(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def _versus_baseline(stats: dict[str, float], base: float | None) -> str:
+    """One sentence: the probe's mean against the higher of chance and majority, with its
+    seed spread."""
+    if base is None:
+        return ""
+    mean, std = stats["mean"], stats["std"]
+    where = f"the label-only baseline (the higher of chance and majority, {_pct1(base)} %)"
+    if mean - std > base:
+        return f"That is above {where}."
+    if mean + std < base:
+        return f"That is below {where}: the embeddings carry no usable label information."
+    return f"That is within the seed spread of {where}."
+
+
 def _summary_md(result: ProbeResult, meta: dict[str, Any], name: str) -> str:
     n_seeds = len(result.per_seed)
     metrics = SCALAR_METRICS[result.task]
@@ -247,9 +266,11 @@ def _summary_md(result: ProbeResult, meta: dict[str, Any], name: str) -> str:
     if result.task == "classification":
         what = f"single-label classification into {len(result.classes)} classes"
         baseline = "always predicting the most frequent training class"
+        chance_what = "a class guessed from the training label frequencies"
     else:
         what = f"multi-label tagging with {len(result.classes)} tags"
-        baseline = "scoring every clip with the training tag frequencies (chance ranking)"
+        baseline = "scoring every clip with the training tag frequencies"
+        chance_what = "random scores: ROC-AUC 0.5, PR-AUC the tag's positive rate"
     cfg = result.config
     lines = [f"# Probe: {name}", ""]
     lines.append(f"- **Task**: {what}.")
@@ -285,24 +306,29 @@ def _summary_md(result: ProbeResult, meta: dict[str, Any], name: str) -> str:
         )
     lines += [
         "",
-        "| Metric | Probe, mean ± std over seeds (%) | Majority baseline (%) |",
-        "|---|---|---|",
+        "| Metric | Probe, mean ± std over seeds (%) | Chance (%) | Majority baseline (%) |",
+        "|---|---|---|---|",
     ]
     for m in metrics:
         lines.append(
             f"| {_METRIC_NAMES[m]} | {_pct(result.summary.get(m))} | "
-            f"{_pct1(result.majority.get(m))} |"
+            f"{_pct1(result.chance.get(m))} | {_pct1(result.majority.get(m))} |"
         )
     s = result.summary.get(main)
     if s:
         base = result.majority.get(main)
+        chance = result.chance.get(main)
+        against = f"against {_pct1(base)} % for {baseline}"
+        if chance is not None:
+            against = (f"against a chance level of {_pct1(chance)} % ({chance_what}) and "
+                       f"{_pct1(base)} % for {baseline}")
         lines += [
             "",
             (
                 f"In plain words: the probe reaches {_METRIC_PHRASE[main]} of "
                 f"{100 * s['mean']:.1f} % (± {100 * s['std']:.1f} over {n_seeds} seed(s)), "
-                f"against {_pct1(base)} % for {baseline}."
-            ),
+                f"{against}. {_versus_baseline(s, result.baseline(main))}"
+            ).rstrip(),
         ]
     chosen = [s.get("chosen") for s in result.per_seed if s.get("chosen")]
     if chosen:
@@ -342,7 +368,10 @@ def write_report(
         ``name`` (the run's name in tables), ``encoder`` (the encoder spec), ``encoder_key``
         (its key or hash), ``store`` (the store path), ``store_hash``, ``store_created``,
         ``pooling``, ``store_name`` (the store's short name in tables, else ``store``).
-        The probe configuration is added as ``probe_config`` unless given.
+        The probe configuration is added as ``probe_config`` unless given; when
+        ``encoder`` is an ``encoder.pt`` written by ``trainer pretrain``, its pre-training
+        config (with the pre-training ``seed``) is added as ``pretrain`` unless given
+        (:func:`pretrain_recipe`), which :func:`compare` groups seeds by.
     embeddings : tuple (X, labels) or object with ``X`` and ``labels``, optional
         Clip embeddings ``(n, D)`` and their label strings; when given, ``projection.png``
         shows them in two dimensions coloured by label (multi-label clips by their first
@@ -361,6 +390,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(meta)
     meta.setdefault("probe_config", result.config)
+    if "pretrain" not in meta:
+        recipe = pretrain_recipe(meta.get("encoder"))
+        if recipe is not None:
+            meta["pretrain"] = recipe
     name = _run_name(meta, out.name)
 
     payload = {"format": RESULT_FORMAT, "meta": meta, **result.to_dict()}
@@ -405,49 +438,196 @@ def load_result(path: str | os.PathLike[str]) -> tuple[ProbeResult, dict[str, An
     return ProbeResult.from_dict(data), data.get("meta", {})
 
 
-def compare(result_paths: Sequence[str | os.PathLike[str]]) -> str:
+#: Pre-training options that do not change what is learned (where it ran, how often it
+#: logged), left out when runs are matched as one recipe.
+_NOT_RECIPE = ("seed", "out", "device", "compile", "cache", "log_every", "eval_every",
+               "save_every", "valid_store", "valid_batches", "prefetch", "max_nan_steps",
+               "diagnostics", "diag_clips", "diag_dead_ratio", "probe_store", "probe_every",
+               "probe_c")
+#: Probe meta keys that must agree for runs to be aggregated into one row.
+_PROBE_KEYS = ("store_name", "store", "pooling", "crop_seconds")
+
+
+def pretrain_recipe(spec: Any) -> dict[str, Any] | None:
+    """The pre-training config recorded in an encoder file, or ``None``.
+
+    Parameters
+    ----------
+    spec : Any
+        An encoder spec as probed (a path to an ``encoder.pt``); ``random:``,
+        ``mfcc-stats`` and anything that is not a readable encoder file give ``None``.
+
+    Returns
+    -------
+    dict or None
+        The file's ``pretrain`` entry (:meth:`trainer.config.PretrainConfig.to_dict`),
+        which holds the pre-training ``seed``.
+    """
+    if not isinstance(spec, str | os.PathLike) or not os.path.isfile(spec):
+        return None
+    from trainer.pretrain import read_encoder_file
+
+    try:
+        config = read_encoder_file(spec, mmap=True).get("pretrain")
+    except (ValueError, FileNotFoundError):
+        return None
+    return _jsonable(config) if isinstance(config, dict) else None
+
+
+def _probe_identity(result: ProbeResult, meta: dict[str, Any]) -> str:
+    config = {k: v for k, v in (meta.get("probe_config") or result.config or {}).items()
+              if k != "device"}
+    return json.dumps([result.task, sorted(result.classes), result.folds, config,
+                       {k: meta.get(k) for k in _PROBE_KEYS}], sort_keys=True, default=str)
+
+
+def _recipe_key(result: ProbeResult, meta: dict[str, Any]) -> str | None:
+    """Runs with equal keys differ only in their pre-training seed (``None``: no recorded
+    pre-training, never grouped)."""
+    recipe = meta.get("pretrain")
+    if not isinstance(recipe, dict) or "seed" not in recipe:
+        return None
+    kept = {k: v for k, v in recipe.items() if k not in _NOT_RECIPE}
+    return json.dumps([kept, _probe_identity(result, meta)], sort_keys=True, default=str)
+
+
+def _group_name(names: list[str], seeds: list[int]) -> str:
+    """``run-s*`` for ``run-s0``, ``run-s1``; else the first name; with the seeds."""
+    import re
+
+    stems = {re.sub(rf"[-_]s{seed}$", "", name) for name, seed in zip(names, seeds,
+                                                                         strict=True)}
+    stem = stems.pop() if len(stems) == 1 else names[0]
+    return f"{stem} (pre-training seeds {', '.join(str(s) for s in sorted(seeds))})"
+
+
+def aggregate_seeds(results: Sequence[ProbeResult]) -> tuple[dict[str, dict[str, float]],
+                                                             dict[str, float | None],
+                                                             dict[str, float | None]]:
+    """Mean ± std over runs (one per pre-training seed) of their mean over probe seeds.
+
+    Parameters
+    ----------
+    results : sequence of ProbeResult
+        One per pre-training seed of a recipe, of one task.
+
+    Returns
+    -------
+    summary : dict
+        Metric -> ``{"mean", "std", "n"}``: the mean and the standard deviation
+        (``ddof=1``; 0 for one run) over runs of each run's mean over probe seeds, and
+        the number of runs that have the metric.
+    chance, majority : dict
+        The runs' chance and majority figures, averaged (they differ only if the runs
+        saw different splits).
+    """
+    task = results[0].task
+    summary: dict[str, dict[str, float]] = {}
+    for m in (*SCALAR_METRICS[task], f"valid_{MAIN_METRIC[task]}"):
+        values = np.array([r.summary[m]["mean"] for r in results if m in r.summary])
+        if len(values):
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary[m] = {"mean": float(values.mean()), "std": std, "n": len(values)}
+
+    def mean_of(dicts: list[dict[str, Any]]) -> dict[str, float | None]:
+        out = {}
+        for m in SCALAR_METRICS[task]:
+            kept = [d[m] for d in dicts if d.get(m) is not None]
+            out[m] = float(np.mean(kept)) if kept else None
+        return out
+
+    return (summary, mean_of([r.chance for r in results]),
+            mean_of([r.majority for r in results]))
+
+
+def compare(result_paths: Sequence[str | os.PathLike[str]], *,
+            group_seeds: bool = True) -> str:
     """One Markdown table across probe runs, grouped by store, best run first.
 
     Parameters
     ----------
     result_paths : sequence of path-like
         ``result.json`` files (or folders holding one).
+    group_seeds : bool
+        Aggregate runs of one pre-training recipe that differ only in the pre-training
+        seed (``meta["pretrain"]`` equal but for ``seed`` and options that do not change
+        what is learned, such as ``out`` and ``device``; the same store, task, classes,
+        folds, pooling and probe config) into one row: the mean ± std over pre-training
+        seeds of every run's mean over probe seeds. ``False``: one row per result.
 
     Returns
     -------
     str
         A Markdown table: one row per run (named by ``meta["name"]``, else the encoder
-        spec, else the folder name), columns Store, Run, then mean ± std over seeds in % of
-        the metrics of the runs' tasks (Accuracy and Macro-F1 for classification, ROC-AUC
-        and PR-AUC for tagging; "—" where a run's task has no such metric), then the
-        majority baseline's main metric. Runs are grouped by store (``meta["store_name"]``,
-        else ``meta["store"]``), stores in the order first given, and sorted within a
-        store by their main metric (accuracy or ROC-AUC), best first.
+        spec, else the folder name) or per group of pre-training seeds (``<name without
+        its -s<seed> suffix> (pre-training seeds 0, 1, 2)``), columns Store, Run, then
+        mean ± std in % of the metrics of the runs' tasks (Accuracy and Macro-F1 for
+        classification, ROC-AUC and PR-AUC for tagging; "—" where a run's task has no
+        such metric), then the majority baseline's and chance's main metric (chance: the
+        expected score of a guess from the training label prior, see
+        :class:`trainer.probe.ProbeResult`; "—" for results written without it), then
+        Spread: what the ± is (``± over N probe seeds`` or ``± over N pre-training
+        seeds``). Runs are grouped by store (``meta["store_name"]``, else
+        ``meta["store"]``), stores in the order first given, and sorted within a store by
+        their main metric (accuracy or ROC-AUC), best first.
     """
-    runs = []
+    loaded = []
     for i, p in enumerate(result_paths):
         result, meta = load_result(p)
         path = Path(p)
         fallback = (path if path.is_dir() else path.parent).name or f"run {i}"
-        main = result.summary.get(MAIN_METRIC[result.task], {}).get("mean", -math.inf)
-        runs.append((_store_name(meta), _run_name(meta, fallback), result, main, i))
-    if not runs:
+        loaded.append((result, meta, _run_name(meta, fallback), i))
+    if not loaded:
         raise ValueError("compare() needs at least one result")
 
-    present = {m for _, _, r, _, _ in runs for m in SCALAR_METRICS[r.task]}
-    columns = [m for m in _METRIC_ORDER if m in present]
-    store_order = {s: k for k, s in reversed(list(enumerate(r[0] for r in runs)))}
-    runs.sort(key=lambda r: (store_order[r[0]], -r[3], r[4]))
+    # rows: (store, name, task, summary, chance, majority, spread, order)
+    groups: dict[str, list[tuple[ProbeResult, dict[str, Any], str, int]]] = {}
+    rows = []
+    for item in loaded:
+        result, meta, name, i = item
+        key = _recipe_key(result, meta) if group_seeds else None
+        if key is None:
+            spread = f"± over {len(result.per_seed)} probe seeds" if result.per_seed else ""
+            rows.append((_store_name(meta), name, result.task, result.summary,
+                         result.chance, result.majority, spread, i))
+        else:
+            groups.setdefault(key, []).append(item)
+    for members in groups.values():
+        seeds = [int(m[1]["pretrain"]["seed"]) for m in members]
+        result, meta, name, i = members[0]
+        if len(members) == 1 or len(set(seeds)) < len(seeds):
+            for result, meta, name, i in members:  # a lone run, or repeats of one seed
+                spread = f"± over {len(result.per_seed)} probe seeds" if result.per_seed else ""
+                rows.append((_store_name(meta), name, result.task, result.summary,
+                             result.chance, result.majority, spread, i))
+            continue
+        summary, chance, majority = aggregate_seeds([m[0] for m in members])
+        rows.append((_store_name(meta), _group_name([m[2] for m in members], seeds),
+                     result.task, summary, chance, majority,
+                     f"± over {len(members)} pre-training seeds", i))
 
-    header = ["Store", "Run", *(f"{_METRIC_NAMES[m]} (%)" for m in columns), "Majority (%)"]
+    present = {m for r in rows for m in SCALAR_METRICS[r[2]]}
+    columns = [m for m in _METRIC_ORDER if m in present]
+    store_order = {s: k for k, s in reversed(list(enumerate(r[0] for r in sorted(
+        rows, key=lambda r: r[7]))))}
+
+    def main_of(row: tuple) -> float:
+        return row[3].get(MAIN_METRIC[row[2]], {}).get("mean", -math.inf)
+
+    rows.sort(key=lambda r: (store_order[r[0]], -main_of(r), r[7]))
+
+    header = ["Store", "Run", *(f"{_METRIC_NAMES[m]} (%)" for m in columns), "Majority (%)",
+              "Chance (%)", "Spread"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     previous = None
-    for store, name, result, _, _ in runs:
+    for store, name, task, summary, chance, majority, spread, _ in rows:
         cells = [store if store != previous else "", name]
         for m in columns:
-            cells.append(_pct(result.summary.get(m)) if m in SCALAR_METRICS[result.task] else "—")
-        main = MAIN_METRIC[result.task]
-        cells.append(f"{_pct1(result.majority.get(main))} ({_METRIC_NAMES[main]})")
+            cells.append(_pct(summary.get(m)) if m in SCALAR_METRICS[task] else "—")
+        main = MAIN_METRIC[task]
+        cells.append(f"{_pct1(majority.get(main))} ({_METRIC_NAMES[main]})")
+        cells.append(_pct1(chance.get(main)))
+        cells.append(spread)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         previous = store
     return "\n".join(lines) + "\n"

@@ -404,6 +404,7 @@ def run_supervised(
     from trainer.encoders import build_encoder
     from trainer.probe import (
         MAIN_METRIC,
+        _chance,
         _check_coverage,
         _majority,
         _metrics,
@@ -451,6 +452,7 @@ def run_supervised(
     _check_coverage(Y, train, test, "test", classes)
     _check_coverage(Y, train, valid, "valid", classes)
     majority = _majority(task, Y, target, train, test, classes)
+    chance = _chance(task, Y, target, train, test)
 
     per_seed = []
     for seed in range(config.seeds):
@@ -482,6 +484,7 @@ def run_supervised(
         per_seed=_plain(per_seed),
         summary=_summary(task, per_seed),
         majority=_plain(majority),
+        chance=_plain(chance),
         n_train=len(train),
         n_valid=len(valid),
         n_test=len(test),

@@ -194,7 +194,8 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
         A device this machine lacks (:class:`trainer.device.DeviceError`), an unknown
         probe option, a probe store that does not open or whose labels do not suit the
         probe (:func:`trainer.probe.check_store`), an unknown baseline, or
-        ``mfcc-stats`` on a store without ``mfcc``.
+        ``mfcc-stats`` on a store without ``mfcc`` (``targets-stats`` without a default
+        target).
     """
     import dataclasses
 
@@ -202,7 +203,7 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
 
     from featurestore.store import open_store
     from trainer.device import resolve_device
-    from trainer.embed import MfccStatsEmbedder, load_embedder
+    from trainer.embed import EncoderEmbedder, load_embedder
     from trainer.encoders import build_encoder
     from trainer.probe import ProbeConfig, check_store
 
@@ -240,7 +241,7 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
                     build_encoder(baseline.split(":", 1)[1])
                 continue
             embedder = load_embedder(baseline)
-            if isinstance(embedder, MfccStatsEmbedder):
+            if not isinstance(embedder, EncoderEmbedder):  # mfcc-stats, targets-stats
                 embedder.check(open_store(store.path))
         stores.append(store)
     return stores
