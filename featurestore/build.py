@@ -367,21 +367,78 @@ def build(
                   partition_size=partition_size, max_seconds=max_seconds,
                   min_seconds=min_seconds, hours_per_file=hours_per_file,
                   worker_timeout=worker_timeout)
-    resolve(targets)  # unknown names fail here, before anything is written
+    requested = [t.name for t in resolve(targets)]  # unknown names fail before any write
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(output), _interrupts_at_safe_points() as interrupted:
-        _remove_temporaries(output)  # of a build that was killed
-        try:
-            return _build(
-                source, output, layout=layout, targets=targets, sample_rate=sample_rate,
-                hop=hop, workers=workers, scheduler=scheduler, worker_timeout=worker_timeout,
-                executor=executor, partition_size=partition_size, max_seconds=max_seconds,
-                min_seconds=min_seconds, hours_per_file=hours_per_file, strict=strict,
-                progress=progress, interrupted=interrupted,
-            )
-        finally:
-            # Temporary files are never worth keeping (finished shards are: they resume).
-            _remove_temporaries(output)
+    with _sole_writer(output) as interrupted:
+        t0 = time.perf_counter()
+        clips = load_manifest(source, layout)
+        existing_files = output_files(output, hours_per_file)
+        notes = []
+        if hours_per_file is not None and existing_files and not _complete_file_set(existing_files):
+            # A fresh multi-file build stopped while writing its files: its shards are kept,
+            # so writing the files again is cheap.
+            notes.append(f"incomplete set of {len(existing_files)} store file(s) rewritten")
+            existing_files = []
+        stored = _stored_targets(existing_files, sample_rate, hop)
+        for name, store in stored.items():
+            if name in requested and not _same_declaration(store.specs[name], _spec_of(name)):
+                old, now = store.specs[name], _spec_of(name)
+                raise FeatureStoreError(
+                    f"{store.path}: target {name!r} was computed with other parameters (stored "
+                    f"{json.dumps(old.params, sort_keys=True)}, deltas {old.deltas}, dtype "
+                    f"{old.dtype}; declared now {json.dumps(now.params, sort_keys=True)}, deltas "
+                    f"{now.deltas}, dtype {now.dtype}); rebuild the store to change them"
+                )
+        new = [n for n in requested if n not in stored]
+        if existing_files and not new:
+            _remove_assembled_shards(output.with_name(output.name + ".parts"), set(stored))
+            report = _report(existing_files, [], 0, 0, t0)
+            report.notes.append("up to date: every requested target is in the store")
+            return report
+        if existing_files and hours_per_file is not None:
+            # The files record partition ranges: add targets with the partitions they hold.
+            recorded = open_store(existing_files[0]).attrs.get("partition_size")
+            if recorded is not None and int(recorded) != partition_size:
+                if partition_size is not None:
+                    notes.append(f"partition size {int(recorded)} of the existing files used")
+                partition_size = int(recorded)
+        config = ExtractConfig(
+            targets=tuple(new), sample_rate=sample_rate, hop=hop, max_seconds=max_seconds,
+            min_seconds=min_seconds, with_waveform=not existing_files,
+        )
+        pieces = plan_pieces(clips, config)  # reads every file's header and hashes its bytes
+        if partition_size is None:
+            partition_size = default_partition_size(len(pieces))
+        parts = partitions(pieces, partition_size,
+                           round(max(PARTITION_SECONDS, max_seconds) * sample_rate))
+        parts_dir = output.with_name(output.name + ".parts")
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        shard_paths = [parts_dir / f"part-{i:05d}.h5" for i in range(len(parts))]
+        hashes = [partition_hash(p, config) for p in parts]
+        todo = [i for i, (path, h) in enumerate(zip(shard_paths, hashes, strict=True))
+                if not _shard_is_complete(path, h)]
+        with contextlib.ExitStack() as stack:
+            if todo and executor is None:
+                executor = stack.enter_context(dask_executor(workers, scheduler))
+            _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress,
+                            worker_timeout, interrupted)
+        interrupted()  # before the store is written
+        if not existing_files:
+            shards = [open_store(p) for p in shard_paths]
+            if not any(s.n_clips for s in shards):
+                # Nothing to store: no output file (a later run would take it as up to date).
+                errors = [e for s in shards for e in s.errors]
+                _remove_shards(parts_dir)
+                first = f"; first: {errors[0][0]}: {errors[0][1]}" if errors else ""
+                raise FeatureStoreError(
+                    f"{source}: no clip could be read ({len(errors)} errors{first})")
+        attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source),
+                 "partition_size": partition_size}
+        outputs = _assemble(output, shard_paths, existing_files, hours_per_file, attrs)
+        _remove_shards(parts_dir)
+        report = _report(outputs, new, len(parts), len(todo), t0)
+        report.notes[:0] = notes
+        return report
 
 
 def check_options(
@@ -419,6 +476,20 @@ def check_options(
     need(worker_timeout > 0, f"worker timeout must be positive, got {worker_timeout}")
 
 
+@contextlib.contextmanager
+def _sole_writer(output: Path) -> Iterator[Callable[[], None]]:
+    """Write ``output`` as its only writer: hold its lock, defer Ctrl-C to the yielded
+    check (:func:`_interrupts_at_safe_points`), and remove temporary files before (a
+    killed build's) and after (this one's, whether it succeeds or fails; finished shards
+    are kept: they resume)."""
+    with output_lock(output), _interrupts_at_safe_points() as interrupted:
+        _remove_temporaries(output)
+        try:
+            yield interrupted
+        finally:
+            _remove_temporaries(output)
+
+
 def _remove_temporaries(output: Path) -> None:
     """Remove the temporary files of builds of ``output`` (this one, or killed ones; the
     caller holds the output's lock, so no live writer owns them), and the shard folder
@@ -433,100 +504,6 @@ def _remove_temporaries(output: Path) -> None:
             stale.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             parts_dir.rmdir()  # only when empty
-
-
-def _build(
-    source: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    layout: str = "auto",
-    targets: str | Sequence[str] = "default",
-    sample_rate: int = 16000,
-    hop: int = 160,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    worker_timeout: float = 120.0,
-    executor: cf.Executor | None = None,
-    partition_size: int | None = None,
-    max_seconds: float = 600.0,
-    min_seconds: float = 0.5,
-    hours_per_file: float | None = None,
-    strict: bool = False,
-    progress: bool = True,
-    interrupted: Callable[[], None] = lambda: None,
-) -> BuildReport:
-    """The build itself; the caller has checked the options and holds the lock.
-    ``interrupted()`` raises KeyboardInterrupt once Ctrl-C was pressed."""
-    t0 = time.perf_counter()
-    requested = [t.name for t in resolve(targets)]
-    clips = load_manifest(source, layout)
-    existing_files = output_files(output, hours_per_file)
-    notes = []
-    if hours_per_file is not None and existing_files and not _complete_file_set(existing_files):
-        # A fresh multi-file build stopped while writing its files: its shards are kept,
-        # so writing the files again is cheap.
-        notes.append(f"incomplete set of {len(existing_files)} store file(s) rewritten")
-        existing_files = []
-    stored = _stored_targets(existing_files, sample_rate, hop)
-    for name, store in stored.items():
-        if name in requested and not _same_declaration(store.specs[name], _spec_of(name)):
-            old, now = store.specs[name], _spec_of(name)
-            raise FeatureStoreError(
-                f"{store.path}: target {name!r} was computed with other parameters (stored "
-                f"{json.dumps(old.params, sort_keys=True)}, deltas {old.deltas}, dtype "
-                f"{old.dtype}; declared now {json.dumps(now.params, sort_keys=True)}, deltas "
-                f"{now.deltas}, dtype {now.dtype}); rebuild the store to change them"
-            )
-    new = [n for n in requested if n not in stored]
-    if existing_files and not new:
-        _remove_assembled_shards(output.with_name(output.name + ".parts"), set(stored))
-        report = _report(existing_files, [], 0, 0, t0)
-        report.notes.append("up to date: every requested target is in the store")
-        return report
-    if existing_files and hours_per_file is not None:
-        # The files record partition ranges: add targets with the partitions they hold.
-        recorded = open_store(existing_files[0]).attrs.get("partition_size")
-        if recorded is not None and int(recorded) != partition_size:
-            if partition_size is not None:
-                notes.append(f"partition size {int(recorded)} of the existing files used")
-            partition_size = int(recorded)
-    config = ExtractConfig(
-        targets=tuple(new), sample_rate=sample_rate, hop=hop, max_seconds=max_seconds,
-        min_seconds=min_seconds, with_waveform=not existing_files,
-    )
-    pieces = plan_pieces(clips, config)  # reads every file's header and hashes its bytes
-    if partition_size is None:
-        partition_size = default_partition_size(len(pieces))
-    parts = partitions(pieces, partition_size,
-                       round(max(PARTITION_SECONDS, max_seconds) * sample_rate))
-    parts_dir = output.with_name(output.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    shard_paths = [parts_dir / f"part-{i:05d}.h5" for i in range(len(parts))]
-    hashes = [partition_hash(p, config) for p in parts]
-    todo = [i for i, (path, h) in enumerate(zip(shard_paths, hashes, strict=True))
-            if not _shard_is_complete(path, h)]
-    with contextlib.ExitStack() as stack:
-        if todo and executor is None:
-            executor = stack.enter_context(dask_executor(workers, scheduler))
-        _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress,
-                        worker_timeout, interrupted)
-    interrupted()  # before the store is written
-    if not existing_files:
-        shards = [open_store(p) for p in shard_paths]
-        if not any(s.n_clips for s in shards):
-            # Nothing to store: no output file (a later run would take it as up to date).
-            errors = [e for s in shards for e in s.errors]
-            _remove_shards(parts_dir)
-            first = f"; first: {errors[0][0]}: {errors[0][1]}" if errors else ""
-            raise FeatureStoreError(
-                f"{source}: no clip could be read ({len(errors)} errors{first})")
-    attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source),
-             "partition_size": partition_size}
-    outputs = _assemble(output, shard_paths, existing_files, hours_per_file, attrs)
-    _remove_shards(parts_dir)
-    report = _report(outputs, new, len(parts), len(todo), t0)
-    report.notes[:0] = notes
-    return report
 
 
 def _remove_shards(parts_dir: Path) -> None:
