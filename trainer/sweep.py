@@ -35,6 +35,7 @@ Layout of the output folder: ``runs/<run>/`` (pre-training), ``reports/<run>/<st
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import tomllib
@@ -172,6 +173,15 @@ class ProbeStore:
     supervised_steps: int = 500
     supervised_crop_seconds: float = 2.0
 
+    def __post_init__(self) -> None:
+        self.supervised_steps = int(self.supervised_steps)
+        self.supervised_crop_seconds = float(self.supervised_crop_seconds)
+
+    @classmethod
+    def options(cls) -> set[str]:
+        """The per-store options of a sweep's probe table that are not ProbeConfig's."""
+        return {f.name for f in dataclasses.fields(cls)} - {"name", "path", "config"}
+
 
 def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
     """Everything a sweep can check before its first step: devices, probe options, probe
@@ -197,8 +207,6 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
         ``mfcc-stats`` on a store without ``mfcc`` (``targets-stats`` without a default
         target).
     """
-    import dataclasses
-
     import torch
 
     from featurestore.store import open_store
@@ -210,8 +218,7 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
     resolve_device(device)
     for run in sweep.runs:
         resolve_device(run.config.device, option=f"run {run.name}: device")
-    known = {f.name for f in dataclasses.fields(ProbeConfig)} | {
-        "pooling", "crop_seconds", "supervised_steps", "supervised_crop_seconds"}
+    known = {f.name for f in dataclasses.fields(ProbeConfig)} | ProbeStore.options()
     stores = []
     for store_name, entry in sweep.probe_stores.items():
         # A probe store is a path, or a table with a path and its own probe options.
@@ -223,15 +230,12 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
             raise ValueError(f"probe store {store_name!r}: unknown probe option(s) "
                              f"{', '.join(unknown)}")
         path = str(options.pop("path"))
-        pooling = options.pop("pooling", "mean+std")
-        crop = options.pop("crop_seconds", 10.0)
-        steps = int(options.pop("supervised_steps", 500))
-        supervised_crop = float(options.pop("supervised_crop_seconds", 2.0))
+        own = {k: options.pop(k) for k in ProbeStore.options() if k in options}
         try:
             config = ProbeConfig(**{**options, "device": options.get("device", device)})
         except ValueError as e:
             raise type(e)(f"probe store {store_name!r}: {e}") from None
-        store = ProbeStore(store_name, path, config, pooling, crop, steps, supervised_crop)
+        store = ProbeStore(store_name, path, config, **own)
         check_store(store.path, store.config)
         for baseline in sweep.baselines:
             if baseline == "random":
