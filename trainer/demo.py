@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainer.config import PretrainConfig
+from trainer.probe import label_only_baseline
 from trainer.sweep import Run, Sweep, run_sweep
 
 # A PASE+ of the reference design, narrowed to train in minutes on two CPU cores.
@@ -170,9 +171,9 @@ def plain_words(out: Path) -> str:
             parts.append(f"chance {chance:.3f}")
         if majority is not None:
             parts.append(f"majority class {majority:.3f}")
-        labels_only = [v for v in (chance, majority) if v is not None]
-        if labels_only:
-            floor, spread = max(labels_only), res["summary"][metric]["std"]
+        floor = label_only_baseline(res.get("chance", {}), res.get("majority", {}), metric)
+        if floor is not None:
+            spread = res["summary"][metric]["std"]
             what = f"the label-only baseline ({floor:.3f}, the higher of chance and majority)"
             if pre - spread > floor:
                 verdicts.append(f"beats {what}")

@@ -184,6 +184,14 @@ class ProbeConfig:
         resolve_device(self.device, option="device")  # a DeviceError now, not after embedding
 
 
+def label_only_baseline(chance: dict[str, Any], majority: dict[str, Any],
+                        metric: str) -> float | None:
+    """The label-only figure a probe must beat for ``metric``: the higher of chance and
+    the majority baseline (``None`` when neither is known)."""
+    values = [v for v in (chance.get(metric), majority.get(metric)) if v is not None]
+    return max(values) if values else None
+
+
 @dataclass
 class ProbeResult:
     """What a probe found.
@@ -240,11 +248,8 @@ class ProbeResult:
     chance: dict[str, Any] = field(default_factory=dict)
 
     def baseline(self, metric: str) -> float | None:
-        """The label-only figure to beat for ``metric``: the higher of chance and the
-        majority baseline (``None`` when neither is known)."""
-        values = [v for v in (self.chance.get(metric), self.majority.get(metric))
-                  if v is not None]
-        return max(values) if values else None
+        """The label-only figure to beat for ``metric`` (:func:`label_only_baseline`)."""
+        return label_only_baseline(self.chance, self.majority, metric)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as plain JSON-ready Python objects."""
