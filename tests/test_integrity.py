@@ -542,17 +542,24 @@ def test_write_shard_on_a_full_disk(built_store: Path, tmp_path: Path, early: bo
         assert list(disk.iterdir()) == []
 
 
-ASSEMBLE = """
-import sys
+def assemble_script(setup: str) -> str:
+    """A script assembling the shard ``argv[2]`` into ``argv[1]`` after ``setup``; a
+    FeatureStoreError is printed as its one line and exits with status 1."""
+    return f"""
+import resource, sys
 import featurestore.store as fs
-fs._free_bytes = lambda folder: None  # no early refusal: the writes themselves fail
+{setup}
 try:
-    fs.assemble(sys.argv[1], [sys.argv[2]], attrs={"sample_rate": 16000, "hop": 160,
-                                                    "source": "test"})
+    fs.assemble(sys.argv[1], [sys.argv[2]], attrs={{"sample_rate": 16000, "hop": 160,
+                                                    "source": "test"}})
 except fs.FeatureStoreError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {{e}}", file=sys.stderr)
     sys.exit(1)
 """
+
+
+# no early refusal: the writes themselves fail
+ASSEMBLE = assemble_script("fs._free_bytes = lambda folder: None")
 
 
 def test_a_disk_filling_at_any_point_ends_in_one_line(built_store: Path,
@@ -575,17 +582,8 @@ def test_a_disk_filling_at_any_point_ends_in_one_line(built_store: Path,
             (disk / "filler").unlink()
 
 
-FILE_SIZE_LIMIT = """
-import resource, sys
-import featurestore.store as fs
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
-try:
-    fs.assemble(sys.argv[1], [sys.argv[2]], attrs={"sample_rate": 16000, "hop": 160,
-                                                    "source": "test"})
-except fs.FeatureStoreError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-"""
+FILE_SIZE_LIMIT = assemble_script(
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))")
 
 
 def test_a_file_size_limit_ends_in_one_line(built_store: Path, tmp_path: Path) -> None:
