@@ -10,7 +10,7 @@ metadata; see ``featurestore.sources.csv_layout``):
     decodes (``supertux-data``, ``hedgewars-data``, ``supertuxkart-data``,
     ``widelands-data``; read in place under ``/usr/share/games``, absolute paths, byte
     duplicates dropped), plus scores of music21's corpus rendered through every
-    General-MIDI soundfont (each score from its start, at most ``POOL_SCORE_SECONDS``,
+    *train* soundfont (each score from its start, at most ``POOL_SCORE_SECONDS``,
     on random GM programs), until ``--pool-score-hours`` of them. No music21 work of the
     composer task is ever rendered into the pool.
 ``instruments.csv``
@@ -1021,7 +1021,7 @@ def plan_pool_scores(
     config: Config, exclude_works: set[str], cache_dir: Path | None
 ) -> tuple[list[dict[str, str]], dict[str, list[Job]]]:
     """Rows and jobs of the rendered scores of the pool (no work in ``exclude_works``)."""
-    soundfonts = [*config.train_soundfonts, *config.test_soundfonts]
+    soundfonts = list(config.train_soundfonts)  # the instrument test synthesiser stays unheard
     melodic = sorted({p.number for programs in FAMILIES.values() for p in programs})
     files = (
         list(config.pool_sources) if config.pool_sources is not None else corpus_scores(POOL_DIRS)
@@ -1092,7 +1092,8 @@ def check_devset(
     path, or sha1 where both rows have one) with any task row; that within every task no
     group, no work and no audio file is in two splits; and, for ``instruments``, that no
     soundfont renders both test and train/valid clips (and, when given, that the test
-    clips are exactly those of ``test_soundfonts``).
+    clips are exactly those of ``test_soundfonts``, and that the pool renders nothing
+    with them: the instrument test synthesiser is never heard in pre-training).
 
     Parameters
     ----------
@@ -1158,6 +1159,12 @@ def check_devset(
                 f"instruments: test clips rendered by {sorted(test_sf)}, "
                 f"expected {sorted(set(test_soundfonts))}"
             )
+        problems.extend(
+            f"pool: {r['id'] or r['path']} is rendered by the instrument test soundfont "
+            f"{r['soundfont']}"
+            for r in pool
+            if r.get("soundfont") and r["soundfont"] in test_sf
+        )
     return problems
 
 

@@ -183,6 +183,11 @@ def test_leak_check_catches_planted_leaks(built: tuple[Path, Path, dict[str, Any
     problems = devset.check_devset(pool, {"instruments": mixed}, out, ["sfc"])
     assert any("in test and train/valid" in p for p in problems)
 
+    scored = next(r for r in pool if r["soundfont"])
+    heard = dict(scored, soundfont="sfc")
+    problems = devset.check_devset([*pool, heard], tasks, out, ["sfc"])
+    assert any("rendered by the instrument test soundfont sfc" in p for p in problems)
+
 
 def test_deterministic_and_idempotent(
     built: tuple[Path, Path, dict[str, Any]], tmp_path: Path
