@@ -6,10 +6,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from stores import build_store, tone_corpus
 
 import trainer.probe
-from trainer.sweep import load_sweep, parse_sweep, probe_specs, run_sweep
+from stores import build_store, tone_corpus
+from trainer.sweep import load_sweep, parse_sweep, probe_specs, run_sweep, select_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,10 +79,56 @@ def test_a_run_asked_for_twice_is_trained_once(tmp_path: Path, store: Path) -> N
     assert [r.name for r in plan.runs] == ["w-paseplus-small-equal-s0", "w-paseplus-small-dwa-s0"]
 
 
-def test_unknown_study_keys_are_refused(tmp_path: Path, store: Path) -> None:
+def test_any_config_field_is_an_axis_of_a_study(tmp_path: Path, store: Path) -> None:
     data = tomllib.loads(sweep_text(store))
-    data["study"][0]["weightings"] = ["equal"]
-    with pytest.raises(ValueError, match="unknown key\\(s\\) weightings"):
+    data["study"] = [{"name": "r", "lr": [3e-4, 1e-3], "distort": [True, False],
+                      "head_hidden": 0, "encoder_kwargs": {"dim": 8}}]
+    plan = parse_sweep(data, tmp_path)
+    assert [r.name for r in plan.runs] == [
+        "r-paseplus-default-equal-lr0.0003-distorttrue-s0",
+        "r-paseplus-default-equal-lr0.0003-distortfalse-s0",
+        "r-paseplus-default-equal-lr0.001-distorttrue-s0",
+        "r-paseplus-default-equal-lr0.001-distortfalse-s0",
+    ]
+    assert [(r.config.lr, r.config.distort) for r in plan.runs] == [
+        (3e-4, True), (3e-4, False), (1e-3, True), (1e-3, False)]
+    # a scalar is a setting of the study, a table merges over [pretrain]'s
+    assert {r.config.head_hidden for r in plan.runs} == {0}
+    assert plan.runs[0].config.encoder_kwargs == {"channels": [8, 8, 16, 16, 16, 16, 16],
+                                                  "dim": 8, "rnn_hidden": 8, "sinc_filters": 8}
+    assert plan.runs[0].config.steps == 4
+
+
+def test_a_sweep_can_start_from_a_preset(tmp_path: Path, store: Path) -> None:
+    from trainer.config import load_preset
+
+    data = tomllib.loads(sweep_text(store))
+    data["pretrain"] = {"preset": "cpu-small", "steps": 5}
+    data["study"] = [{"name": "p", "head_hidden": [0, 256]},
+                     {"name": "pase", "encoder": "pase+"}]
+    runs = parse_sweep(data, tmp_path).runs
+    preset = load_preset("cpu-small")
+    assert [(r.config.encoder, r.config.head_hidden, r.config.steps) for r in runs] == [
+        ("melcnn", 0, 5), ("melcnn", 256, 5), ("pase+", preset["head_hidden"], 5)]
+    assert runs[0].config.encoder_kwargs == preset["encoder_kwargs"]
+    assert runs[2].config.encoder_kwargs == {}  # the preset's belong to its encoder
+
+
+def test_a_share_of_the_runs_without_the_baselines(tmp_path: Path, store: Path) -> None:
+    plan = parse_sweep(tomllib.loads(sweep_text(store)), tmp_path)
+    share = select_runs(plan, "*-dwa-*")
+    assert [r.name for r in share.runs] == ["w-paseplus-small-dwa-s0"]
+    assert share.baselines == [] and plan.baselines == ["mfcc-stats", "random"]
+    with pytest.raises(ValueError, match="--runs 'x\\*' matches none of the sweep's runs: "
+                                         "w-paseplus-small-equal-s0, w-paseplus-small-dwa-s0"):
+        select_runs(plan, "x*")
+
+
+@pytest.mark.parametrize("key", ["weightings", "store", "out"])
+def test_unknown_study_keys_are_refused(key: str, tmp_path: Path, store: Path) -> None:
+    data = tomllib.loads(sweep_text(store))
+    data["study"][0][key] = ["equal"]
+    with pytest.raises(ValueError, match=f"unknown key\\(s\\) {key}"):
         parse_sweep(data, tmp_path)
 
 

@@ -11,7 +11,8 @@ more studies; each study is a grid whose every combination is one run::
     probe = { gtzan = "stores/gtzan.h5" }  # name -> labeled store, or a table with
                                            # path and probe options: { path = ..., folds = 10 }
 
-    [pretrain]                             # any PretrainConfig option, for every run
+    [pretrain]                             # any PretrainConfig option, for every run,
+    preset = "cpu-small"                   # over a named preset (optional)
     steps = 20000
 
     [probe]
@@ -29,6 +30,13 @@ more studies; each study is a grid whose every combination is one run::
     workers = { all = ["default"] }        # name -> worker list
     seed = [0]
 
+    [[study]]                              # any other PretrainConfig field: a list is one
+    name = "lr"                            # more axis of the grid (named in the run name,
+    lr = [3e-4, 1e-3]                      # "lr-pase+-default-equal-lr0.001-s0"), a scalar
+    distort = false                        # a setting of the study; tables
+    encoder_kwargs = { dim = 128 }         # (encoder_kwargs, ...) merge over [pretrain]'s
+                                           # (not when the study changes the encoder)
+
 Layout of the output folder: ``runs/<run>/`` (pre-training), ``reports/<run>/<store>/``
 (probe reports), ``comparison.md``.
 """
@@ -36,6 +44,7 @@ Layout of the output folder: ``runs/<run>/`` (pre-training), ``reports/<run>/<st
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import json
 import tomllib
@@ -44,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import PretrainConfig
+from trainer.config import PretrainConfig, apply_preset
 
 if TYPE_CHECKING:
     from trainer.probe import ProbeConfig
@@ -78,6 +87,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text.replace("+", "plus"))
 
 
+#: The study axes that every run name spells out, in this order.
+_NAMED_AXES = {"encoder", "workers", "weighting", "seed"}
+#: Config fields a sweep sets itself (from [stores] and the output folder).
+_NOT_A_STUDY_AXIS = {"store", "out", "splits"}
+
+
+def _fmt(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value).lower()
+
+
 def parse_sweep(data: dict[str, Any], out: Path, source: str = "sweep") -> Sweep:
     """Expand a sweep description (a parsed TOML document) into runs.
 
@@ -89,7 +108,7 @@ def parse_sweep(data: dict[str, Any], out: Path, source: str = "sweep") -> Sweep
     stores = data.get("stores", {})
     if not stores.get("pretrain") or not stores.get("probe"):
         raise ValueError(f"{source}: [stores] needs 'pretrain' (list) and 'probe' (table)")
-    base = dict(data.get("pretrain", {}))
+    base = apply_preset(dict(data.get("pretrain", {})))
     probe = dict(data.get("probe", {}))
     baselines = [str(b) for b in probe.pop("baselines", [])]
     runs: list[Run] = []
@@ -97,29 +116,41 @@ def parse_sweep(data: dict[str, Any], out: Path, source: str = "sweep") -> Sweep
     studies = data.get("study", [])
     if not studies:
         raise ValueError(f"{source}: no [[study]] tables")
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     for study in studies:
-        unknown = set(study) - {"name", "encoder", "weighting", "workers", "seed",
-                                "encoder_kwargs", "weighting_kwargs"}
+        unknown = set(study) - {"name"} - (fields - _NOT_A_STUDY_AXIS)
         if unknown:
             raise ValueError(f"{source}: study {study.get('name')!r}: unknown key(s) "
-                             f"{', '.join(sorted(unknown))}")
+                             f"{', '.join(sorted(unknown))} (a study varies PretrainConfig "
+                             f"fields other than {', '.join(sorted(_NOT_A_STUDY_AXIS))})")
         workers = study.get("workers", {"default": ["default"]})
         if isinstance(workers, list):
             workers = {"+".join(workers): workers}
+        # Further axes: any other config field; a list is an axis, a scalar a setting.
+        # Dict fields (encoder_kwargs, ...) are merged over the base's, never an axis.
+        extra = {k: v for k, v in study.items() if k not in _NAMED_AXES | {"name"}}
+        axes = {k: _as_list(v) for k, v in extra.items() if not isinstance(v, dict)}
+        named_axes = [k for k, v in axes.items() if len(v) > 1]
         grid = itertools.product(
             _as_list(study.get("encoder", base.get("encoder", "pase+"))),
             list(workers.items()),
             _as_list(study.get("weighting", base.get("weighting", "equal"))),
             _as_list(study.get("seed", base.get("seed", 0))),
+            *axes.values(),
         )
-        for encoder, (wname, wlist), weighting, seed in grid:
-            name = _slug(f"{study.get('name', 'study')}-{encoder}-{wname}-{weighting}-s{seed}")
-            options = {**base, "encoder": encoder, "workers": list(wlist),
+        for encoder, (wname, wlist), weighting, seed, *values in grid:
+            setting = dict(zip(axes, values, strict=True))
+            tail = "".join(f"-{k}{_fmt(setting[k])}" for k in named_axes)
+            name = _slug(f"{study.get('name', 'study')}-{encoder}-{wname}-{weighting}{tail}"
+                         f"-s{seed}")
+            options = {**base, **setting, "encoder": encoder, "workers": list(wlist),
                        "weighting": weighting, "seed": seed,
                        "store": list(stores["pretrain"]), "out": str(out / "runs" / name)}
-            for key in ("encoder_kwargs", "weighting_kwargs"):
-                if key in study:
-                    options[key] = {**base.get(key, {}), **study[key]}
+            if encoder != base.get("encoder", encoder):
+                options.pop("encoder_kwargs", None)  # they belong to the base's encoder
+            for key, value in extra.items():
+                if isinstance(value, dict):
+                    options[key] = {**options.get(key, {}), **value}
             identity = json.dumps({k: v for k, v in options.items() if k != "out"},
                                   sort_keys=True)
             if identity in seen:
@@ -251,15 +282,38 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
     return stores
 
 
+def select_runs(sweep: Sweep, pattern: str) -> Sweep:
+    """The sweep restricted to the runs whose names match the glob ``pattern``, without
+    its baselines: several processes (or machines sharing the folder) can each take a
+    share of the runs; a last pass without a pattern probes the baselines and writes
+    the whole table.
+
+    Raises
+    ------
+    ValueError
+        No run matches.
+    """
+    runs = [r for r in sweep.runs if fnmatch.fnmatchcase(r.name, pattern)]
+    if not runs:
+        raise ValueError(f"--runs {pattern!r} matches none of the sweep's runs: "
+                         f"{', '.join(r.name for r in sweep.runs)}")
+    return dataclasses.replace(sweep, runs=runs, baselines=[])
+
+
 def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool = True,
-              echo: Callable[[str], None] = print) -> Path:
+              echo: Callable[[str], None] = print, runs: str | None = None) -> Path:
     """Pre-train every run (resuming unfinished ones, skipping finished ones), probe every
     encoder and baseline on every probe store (skipping finished reports), and write
     ``comparison.md``. Returns its path.
 
+    With ``runs`` (a glob), only the matching runs (:func:`select_runs`), and the table
+    of their probes goes to ``comparison-<runs>.md``.
+
     :func:`check_sweep` runs first: a bad device, probe option, probe store or baseline
     is refused before anything is trained or written.
     """
+    if runs is not None:
+        sweep = select_runs(sweep, runs)
     from trainer.embed import clip_embeddings
     from trainer.pretrain import CHECKPOINT, ENCODER, pretrain
     from trainer.probe import run_probe
@@ -325,6 +379,6 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
                 "store_name": store_name, "pooling": pooling, "crop_seconds": crop_seconds,
             }, embeddings=(emb.X, emb.labels))
     table = compare(results)
-    path = out / "comparison.md"
+    path = out / ("comparison.md" if runs is None else f"comparison-{_slug(runs)}.md")
     path.write_text(table + "\n")
     return path
