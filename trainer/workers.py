@@ -29,14 +29,20 @@ CONTRASTIVE = ("lim", "gim")
 
 class RegressionHead(nn.Module):
     """Per-frame MLP: (B, D, T) embeddings -> (B, T, dim) predictions (or (B, dim) for a
-    clip-rate target, from the time-averaged embedding)."""
+    clip-rate target, from the time-averaged embedding). ``hidden=0`` makes it linear: the
+    target must then be a linear read-out of the embedding, so the encoder does all the
+    work."""
 
     def __init__(self, spec: TargetSpec, in_dim: int, hidden: int = 256) -> None:
         super().__init__()
         self.spec = spec
-        self.net = nn.Sequential(
-            nn.Conv1d(in_dim, hidden, 1), nn.PReLU(hidden), nn.Conv1d(hidden, spec.dim, 1)
-        )
+        self.net: nn.Module
+        if hidden:
+            self.net = nn.Sequential(
+                nn.Conv1d(in_dim, hidden, 1), nn.PReLU(hidden), nn.Conv1d(hidden, spec.dim, 1)
+            )
+        else:
+            self.net = nn.Conv1d(in_dim, spec.dim, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.spec.rate == "clip":
@@ -154,6 +160,10 @@ class Workers(nn.Module):
         Encoder output channels.
     hop : int
         Samples per frame (the waveform decoder's total stride).
+    hidden : int
+        Hidden width of the regression heads (0: linear heads) and of the info-max
+        discriminators (256 when 0: a linear discriminator of a pair cannot compare its
+        two halves).
     """
 
     def __init__(self, names: Sequence[str], specs: Mapping[str, TargetSpec], in_dim: int,
@@ -165,7 +175,7 @@ class Workers(nn.Module):
             if n == "waveform":
                 heads[n] = WaveformDecoder(in_dim, hop)
             elif n in CONTRASTIVE:
-                heads[n] = InfoMax(in_dim, local=(n == "lim"), hidden=hidden)
+                heads[n] = InfoMax(in_dim, local=(n == "lim"), hidden=hidden or 256)
             else:
                 heads[n] = RegressionHead(specs[n], in_dim, hidden)
         self.heads = nn.ModuleDict(heads)
