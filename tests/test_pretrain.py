@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from stores import TINY_PASE, build_store, tone_corpus
 
 import trainer
+from stores import TINY_PASE, build_store, tone_corpus
 from trainer.config import PretrainConfig, resolve_config
 from trainer.pretrain import TrainingError, pretrain
 from trainer.workers import Workers
@@ -64,6 +64,22 @@ def test_a_tiny_pase_reduces_every_workers_loss(store: Path, tmp_path: Path) -> 
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("kind,step,lr")
     saved = json.loads((run / "config.json").read_text())
     assert saved["workers"] == WORKERS and saved["steps"] == 150
+
+
+def test_linear_heads_are_one_projection_per_regression_worker() -> None:
+    from featurestore.targets import REGISTRY
+    from featurestore.targets.base import TargetSpec
+
+    specs = {n: TargetSpec.from_json(REGISTRY[n].spec_json()) for n in ("mfcc", "chroma",
+                                                                        "tempo")}
+    heads = Workers(["mfcc", "chroma", "tempo", "lim"], specs, in_dim=32, hop=160, hidden=0)
+    for name, dim in (("mfcc", 60), ("chroma", 12), ("tempo", 1)):
+        net = heads.heads[name].net
+        assert isinstance(net, torch.nn.Conv1d) and net.weight.shape == (dim, 32, 1)
+    assert heads.heads["lim"].net[0].out_features == 256  # a discriminator stays an MLP
+    h = torch.randn(2, 32, 50)
+    assert heads.heads["mfcc"](h).shape == (2, 50, 60)
+    assert heads.heads["tempo"](h).shape == (2, 1)
 
 
 def test_the_saved_encoder_loads_with_one_call(store: Path, tmp_path: Path) -> None:
@@ -181,6 +197,37 @@ def test_config_file_then_command_line(tmp_path: Path) -> None:
     f.write_text("stepz = 3\n")
     with pytest.raises(ValueError, match="unknown option\\(s\\) stepz"):
         resolve_config(f, {})
+
+
+@pytest.mark.parametrize("name", ["cpu-small", "gpu"])
+def test_a_named_preset_is_the_base_of_the_config(name: str, tmp_path: Path) -> None:
+    from trainer.config import load_preset, preset_names
+    from trainer.encoders import build_encoder
+
+    assert name in preset_names()
+    preset = load_preset(name)
+    cfg = resolve_config(None, {"store": "a.h5"}, preset=name)
+    assert {k: getattr(cfg, k) for k in preset} == preset and cfg.store == ["a.h5"]
+    with torch.device("meta"):
+        build_encoder(cfg.encoder, **cfg.encoder_kwargs)
+    # a config file names the preset and overrides it; the command line overrides both
+    f = tmp_path / "run.toml"
+    f.write_text(f'preset = "{name}"\nsteps = 9\nlr = 0.5\n')
+    cfg = resolve_config(f, {"lr": 0.25})
+    assert (cfg.steps, cfg.lr, cfg.encoder_kwargs) == (9, 0.25, preset.get("encoder_kwargs",
+                                                                             {}))
+    # another encoder does not inherit the preset's encoder arguments
+    other = "samplecnn" if preset.get("encoder") != "samplecnn" else "melcnn"
+    cfg = resolve_config(None, {"encoder": other}, preset=name)
+    assert cfg.encoder == other and cfg.encoder_kwargs == {}
+
+
+def test_an_unknown_preset_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown preset 'tiny'; presets: cpu-small, gpu"):
+        resolve_config(None, {}, preset="tiny")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "pretrain", "--preset", "tiny"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "'tiny' is not one of 'cpu-small', 'gpu'" in proc.stderr
 
 
 def test_validation_losses_per_worker_on_a_held_out_store(store: Path, tmp_path: Path) -> None:

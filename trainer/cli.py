@@ -29,12 +29,20 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _preset_names() -> list[str]:
+    from trainer.config import preset_names
+
+    return preset_names()
+
+
 @click.group()
 def main() -> None:
     """Pre-train music encoders on feature stores, and evaluate them."""
 
 
 @main.command()
+@click.option("--preset", type=click.Choice(_preset_names()),
+              help="A named recipe (trainer/presets/) as the base of the config.")
 @click.option("--store", help="Training store(s): path, glob, or comma-separated list.")
 @click.option("--valid-store", help="Held-out store(s) for validation losses.")
 @click.option("--out", help="Run folder.")
@@ -61,8 +69,10 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compile_: bool | None,
-             **options: Any) -> None:
-    """Multi-task self-supervised pre-training of an encoder."""
+             preset: str | None, **options: Any) -> None:
+    """Multi-task self-supervised pre-training of an encoder.
+
+    Options come from the defaults, then --preset, then --config, then the command line."""
     from pathlib import Path
 
     from trainer.config import PretrainConfig, read_config_file, resolve_config
@@ -84,7 +94,7 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
         cfg = PretrainConfig.from_dict(data, str(saved))
         out = run(cfg, resume=True, progress=not quiet)
     else:
-        cfg = resolve_config(config_file, options)
+        cfg = resolve_config(config_file, options, preset=preset)
         out = run(cfg, progress=not quiet)
     click.echo(f"encoder saved to {out / 'encoder.pt'}")
 
@@ -224,15 +234,22 @@ def compare(results: tuple[str, ...], out: str | None, per_seed: bool) -> None:
 @click.option("--out", type=click.Path(), help="Output folder [sweeps/<file stem>].")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--dry-run", is_flag=True, help="List the runs and probes, run nothing.")
+@click.option("--runs", "pattern",
+              help="Only the runs whose names match this glob, without the baselines (to "
+                   "share a sweep between processes; a last pass without --runs probes "
+                   "the baselines and writes the whole table).")
 @click.option("--quiet", is_flag=True)
 @_user_errors
-def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, quiet: bool) -> None:
+def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, pattern: str | None,
+          quiet: bool) -> None:
     """Run a grid of pre-training runs and probes; resumable; ends with one table."""
     from trainer.device import resolve_device
-    from trainer.sweep import load_sweep, probe_specs, run_sweep
+    from trainer.sweep import load_sweep, probe_specs, run_sweep, select_runs
 
     dev = resolve_device(device)
     plan, folder = load_sweep(sweep_file, out)
+    if pattern is not None and dry_run:
+        plan = select_runs(plan, pattern)
     if dry_run:
         for run in plan.runs:
             click.echo(f"run   {run.name}: {run.config.encoder}, workers "
@@ -241,7 +258,7 @@ def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, quiet: b
         for name, spec in probe_specs(plan, folder):
             click.echo(f"probe {name}: {spec} on {', '.join(plan.probe_stores)}")
         return
-    path = run_sweep(plan, folder, device=str(dev), progress=not quiet)
+    path = run_sweep(plan, folder, device=str(dev), progress=not quiet, runs=pattern)
     click.echo(path.read_text())
     click.echo(f"table: {path}")
 

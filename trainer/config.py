@@ -1,5 +1,11 @@
-"""Run configuration: one dataclass, filled from defaults, then a TOML or YAML file, then
-the command line; the resolved config is saved in the run folder."""
+"""Run configuration: one dataclass, filled from defaults, then a named preset, then a TOML
+or YAML file, then the command line; the resolved config is saved in the run folder.
+
+Presets are recipes found by measurement, shipped as TOML files in ``trainer/presets/``
+(also reachable as ``experiments/presets/``): ``cpu-small`` for two CPU cores,
+``gpu`` for one GPU. ``trainer pretrain --preset cpu-small --store ...`` or
+``preset = "cpu-small"`` in a config file or a sweep's ``[pretrain]`` table.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +58,9 @@ class PretrainConfig:
         ``none`` (memory maps), ``ram`` or ``device`` (hold the store on the GPU).
     seed : int
         Every random draw is a function of (seed, step, rank).
+    head_hidden : int
+        Hidden width of the worker heads (0: linear regression heads; small heads make
+        the encoder do the work).
     log_every, eval_every, save_every, valid_batches, prefetch, max_nan_steps : int
         Logging period, validation period and size, checkpoint period, batches kept
         ready, and how many consecutive non-finite steps stop the run. Every validation
@@ -156,12 +165,56 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return dict(data.get("pretrain", data))
 
 
-def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> PretrainConfig:
-    """Defaults, then ``file``, then the non-None ``overrides`` (the command line)."""
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The options of a named preset (a ``[pretrain]`` table of ``trainer/presets/``).
+
+    Raises
+    ------
+    ValueError
+        No preset of that name (the message lists the known ones).
+    """
+    path = PRESETS / f"{name}.toml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(preset_names())}")
+    return read_config_file(path)
+
+
+def apply_preset(data: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+    """``data`` over the preset it names (``preset`` key) or ``preset``.
+
+    Options of ``data`` replace the preset's whole (tables are not merged). When ``data``
+    changes the encoder and gives no ``encoder_kwargs``, the preset's encoder arguments
+    (which belong to its encoder) are dropped: the new encoder gets its own defaults.
+    """
+    data = dict(data)
+    name = data.pop("preset", None) or preset
+    if name is None:
+        return data
+    base = load_preset(str(name))
+    if "encoder" in data and data["encoder"] != base.get("encoder", PretrainConfig.encoder):
+        base.pop("encoder_kwargs", None)
+    return {**base, **data}
+
+
+def resolve_config(file: str | Path | None, overrides: dict[str, Any],
+                   preset: str | None = None) -> PretrainConfig:
+    """Defaults, then the preset (``preset``, else the file's ``preset`` key), then
+    ``file``, then the non-None ``overrides`` (the command line)."""
     data: dict[str, Any] = {}
     if file is not None:
         data.update(read_config_file(file))
+    if preset is not None:
+        data["preset"] = preset
     data.update({k: v for k, v in overrides.items() if v is not None})
+    data = apply_preset(data)
     for key in ("store", "valid_store", "workers"):
         if isinstance(data.get(key), str):
             data[key] = [x.strip() for x in data[key].split(",") if x.strip()]
