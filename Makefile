@@ -6,7 +6,7 @@ PIP = $(PYTHON) -m pip
 # A CPU build of torch unless one (CPU or CUDA) is installed already.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-test demo test lint bench
+.PHONY: install install-test demo test lint bench devset
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
@@ -27,3 +27,12 @@ test: install-test
 
 bench: install
 	$(PYTHON) benchmarks/targets_speed.py
+
+# The dev benchmark (benchmarks/devset.py; needs the Debian packages it lists): the
+# unlabeled pool and the two probe tasks, then their stores; `trainer sweep
+# experiments/dev-cpu.toml` reads them. Everything already built is reused.
+devset: install
+	$(PYTHON) benchmarks/devset.py data/dev
+	featurestore build data/dev/pool.csv -o stores/dev/pool.h5 --targets default,gtn_long,tonnetz
+	featurestore build data/dev/instruments.csv -o stores/dev/instruments.h5
+	featurestore build data/dev/composers.csv -o stores/dev/composers.h5

@@ -207,7 +207,7 @@ def targets(as_json: bool) -> None:
 @click.argument("out_dir", type=click.Path())
 @click.option("--seed", default=0, show_default=True)
 @click.option("--scale", default=1.0, show_default=True,
-              help="Multiplies the number of clips (1.0: about 13 minutes of audio).")
+              help="Multiplies the number of clips (1.0: about 37 minutes of audio).")
 @_user_errors
 def demo_data(out_dir: str, seed: int, scale: float) -> None:
     """Render the embedded demo corpus into OUT_DIR as CSV sources (no network)."""

@@ -50,8 +50,9 @@ The three parts (sizes at ``scale=1.0``; ``scale`` multiplies the number of clip
     multi-instrument pieces (a diatonic chord progression with bass line, chords,
     melody and, in some, a drum kit, on random GM programs, random key, mode, metre and
     tempo; 20-30 s each) plus excerpts of further music21 works that the composer set
-    does not use (Corelli, Handel, Chopin, ...) on random programs. Five files at
-    ``scale=1.0`` (three generated, two scores; about 2.1 minutes), all in split
+    does not use (Corelli, Handel, Chopin, ...) on random programs. Sixty files at
+    ``scale=1.0`` (40 generated, 20 score excerpts; about 25 minutes, enough for a few
+    thousand steps of one-second crops without repeating a crop), all in split
     ``train``. Metadata columns: ``source`` (``generated`` or the corpus file),
     ``programs`` (GM numbers, space separated, ``d`` for the drum kit), ``qpm``,
     ``seconds``.
@@ -299,8 +300,8 @@ PRETRAIN_WORKS: tuple[Work, ...] = (
 )
 """Further scores, not used by ``composers.csv``, rendered for the unlabelled part."""
 
-PRETRAIN_GENERATED = 3
-PRETRAIN_SCORES = 2
+PRETRAIN_GENERATED = 40
+PRETRAIN_SCORES = 20
 PRETRAIN_SECONDS = (20.0, 30.0)
 
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)

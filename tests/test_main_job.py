@@ -1,5 +1,6 @@
 """The main job (README's first command) end to end on a reduced schedule: the whole
-demo corpus (the instrument test set then has 33 clips), 40 pre-training steps, 2 seeds."""
+demo corpus (the instrument test set then has 33 clips), 40 pre-training steps of the
+cpu-small recipe, 2 probe seeds."""
 
 from __future__ import annotations
 
@@ -18,19 +19,23 @@ def test_the_main_job_beats_the_majority_class(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "comparison.md").read_text()
-    assert "| " in table and "pase-default-equal" in table and "mfcc-stats" in table
+    assert "| " in table and "cpu-small" in table and "mfcc-stats" in table
     assert "report:" in proc.stdout and "Pre-training" in proc.stdout
+    config = json.loads((out / "runs" / "cpu-small" / "config.json").read_text())
+    assert config["encoder"] == "melcnn" and config["steps"] == 40
+    assert config["store"] == [str(out / "stores" / "pretrain.h5")]  # no probe task's clip
     for store in ("instruments", "composers"):
-        for name in ("pase-default-equal", "mfcc-stats", "random-pase-default-equal"):
+        for name in ("cpu-small", "mfcc-stats", "random-cpu-small", "targets-stats"):
             result = json.loads((out / "reports" / name / store / "result.json").read_text())
             assert len(result["per_seed"]) == 2
     # Instrument families: 11 classes, a held-out test program per family.
-    for name in ("pase-default-equal", "mfcc-stats"):
+    for name in ("cpu-small", "mfcc-stats"):
         result = json.loads((out / "reports" / name / "instruments" / "result.json").read_text())
         accuracy = result["summary"]["accuracy"]["mean"]
         assert accuracy > result["majority"]["accuracy"] + 0.1, (name, accuracy)
     verdict = (out / "verdict.md").read_text()
-    assert verdict.count("Pre-training") == 2
+    assert verdict.count("Pre-training helped") + verdict.count("Pre-training did not help") == 2
+    assert verdict.count("mean ± std over 2 probe seeds of one pre-training run") == 2
 
 
 def write_result(out: Path, name: str, store: str, mean: float, std: float,
@@ -39,23 +44,31 @@ def write_result(out: Path, name: str, store: str, mean: float, std: float,
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({
         "task": "classification", "summary": {"accuracy": {"mean": mean, "std": std}},
+        "per_seed": [{}, {}, {}],
         "chance": {"accuracy": chance}, "majority": {"accuracy": majority}}))
 
 
-def test_the_verdict_compares_against_the_higher_of_chance_and_majority(
-        tmp_path: Path) -> None:
+def test_the_verdict_says_whether_pre_training_helped(tmp_path: Path) -> None:
     from trainer.demo import plain_words
 
     # grouped folds: the majority figure reads 0.0, chance is 0.2
-    write_result(tmp_path, "pase-default-equal", "composers", 0.15, 0.01, 0.2, 0.0)
+    write_result(tmp_path, "cpu-small", "composers", 0.15, 0.01, 0.2, 0.0)
+    write_result(tmp_path, "random-cpu-small", "composers", 0.16, 0.02, 0.2, 0.0)
     write_result(tmp_path, "targets-stats", "composers", 0.30, 0.02, 0.2, 0.0)
-    write_result(tmp_path, "pase-default-equal", "instruments", 0.50, 0.01, 0.09, 0.3)
-    assert plain_words(tmp_path).splitlines() == [
-        "composers: pre-trained 0.150 ± 0.010, default-target statistics 0.300 ± 0.020, "
-        "chance 0.200, majority class 0.000 (accuracy, mean ± std over seeds). "
-        "Pre-training is worse than default-target statistics, is below the label-only "
-        "baseline (0.200, the higher of chance and majority).",
-        "instruments: pre-trained 0.500 ± 0.010, chance 0.090, majority class 0.300 "
-        "(accuracy, mean ± std over seeds). Pre-training beats the label-only baseline "
-        "(0.300, the higher of chance and majority).",
+    write_result(tmp_path, "cpu-small", "instruments", 0.50, 0.01, 0.09, 0.3)
+    write_result(tmp_path, "random-cpu-small", "instruments", 0.40, 0.02, 0.09, 0.3)
+    write_result(tmp_path, "mfcc-stats", "instruments", 0.49, 0.01, 0.09, 0.3)
+    assert plain_words(tmp_path, "cpu-small").splitlines() == [
+        "composers (accuracy, mean ± std over 3 probe seeds of one pre-training run): "
+        "pre-trained 15.0 ± 1.0 %, random weights of the same network 16.0 ± 2.0 %, "
+        "default-target statistics 30.0 ± 2.0 %, chance 20.0 %, majority class 0.0 %. "
+        "Pre-training did not help: -1.0 points against random weights of the same "
+        "network, within the spread (3.0). It is 15.0 points below default-target "
+        "statistics. It is not above the label-only floor (20.0 %, the higher of chance "
+        "and majority).",
+        "instruments (accuracy, mean ± std over 3 probe seeds of one pre-training run): "
+        "pre-trained 50.0 ± 1.0 %, random weights of the same network 40.0 ± 2.0 %, "
+        "MFCC statistics 49.0 ± 1.0 %, chance 9.0 %, majority class 30.0 %. "
+        "Pre-training helped: +10.0 points over random weights of the same network, more "
+        "than the spread (3.0). It is within the spread of MFCC statistics (+1.0 points).",
     ]
