@@ -179,8 +179,9 @@ def plain_words(out: Path, run: str) -> str:
                                      f"{label}, worse by more than the spread "
                                      f"({spread:.1f}).")
                 else:
-                    sentences.append(f"Pre-training did not help: {gap:+.1f} points against "
-                                     f"{label}, within the spread ({spread:.1f}).")
+                    sentences.append(f"Pre-training did not help measurably: {gap:+.1f} "
+                                     f"points against {label}, within the spread "
+                                     f"({spread:.1f}).")
             elif gap > spread:
                 sentences.append(f"It beats {label} by {gap:.1f} points.")
             elif gap < -spread:
