@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from stores import TINY_PASE, build_store, tone_corpus
 
 import trainer
-from stores import TINY_PASE, build_store, tone_corpus
 from trainer.config import PretrainConfig, resolve_config
 from trainer.pretrain import TrainingError, pretrain
 from trainer.workers import Workers

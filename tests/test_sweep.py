@@ -6,9 +6,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from stores import build_store, tone_corpus
 
 import trainer.probe
-from stores import build_store, tone_corpus
 from trainer.sweep import load_sweep, parse_sweep, probe_specs, run_sweep, select_runs
 
 REPO = Path(__file__).resolve().parents[1]
