@@ -229,7 +229,9 @@ def test_ctrl_c_inside_a_weakref_callback_is_not_lost(monkeypatch: pytest.Monkey
 
     def collect_while_interrupted() -> None:
         thing = Thing()
-        weakref.finalize(thing, os.kill, os.getpid(), signal.SIGINT)
+        # raise_signal delivers to this thread; os.kill may land on another thread of the
+        # process (a Dask or tqdm thread of an earlier test), and then later, not inside
+        weakref.finalize(thing, signal.raise_signal, signal.SIGINT)
         del thing  # the callback runs, and the signal lands, inside the collection
 
     discarded: list[type[BaseException]] = []
@@ -241,8 +243,8 @@ def test_ctrl_c_inside_a_weakref_callback_is_not_lost(monkeypatch: pytest.Monkey
         collect_while_interrupted()
         interrupted()  # the next check point
     with pytest.raises(KeyboardInterrupt), interrupts():
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C stops at once
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # a second Ctrl-C stops at once
         time.sleep(5)
         pytest.fail("the second Ctrl-C did not interrupt")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
