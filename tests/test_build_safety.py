@@ -235,10 +235,15 @@ def test_ctrl_c_inside_a_weakref_callback_is_not_lost(monkeypatch: pytest.Monkey
         del thing  # the callback runs, and the signal lands, inside the collection
 
     discarded: list[type[BaseException]] = []
-    with monkeypatch.context() as patch:
-        patch.setattr(sys, "unraisablehook", lambda u: discarded.append(u.exc_type))
-        collect_while_interrupted()  # with Python's own handler ...
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "unraisablehook", lambda u: discarded.append(u.exc_type))
+            collect_while_interrupted()  # with Python's own handler ...
+    finally:
+        signal.signal(signal.SIGINT, earlier)
     assert discarded == [KeyboardInterrupt]  # ... the interrupt is discarded: lost
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(KeyboardInterrupt), interrupts() as interrupted:
         collect_while_interrupted()
         interrupted()  # the next check point
