@@ -248,9 +248,9 @@ def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, pattern:
 
     dev = resolve_device(device)
     plan, folder = load_sweep(sweep_file, out)
-    if pattern is not None and dry_run:
-        plan = select_runs(plan, pattern)
     if dry_run:
+        if pattern is not None:
+            plan = select_runs(plan, pattern)
         for run in plan.runs:
             click.echo(f"run   {run.name}: {run.config.encoder}, workers "
                        f"{','.join(run.config.workers)}, {run.config.weighting}, "

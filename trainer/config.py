@@ -187,15 +187,15 @@ def load_preset(name: str) -> dict[str, Any]:
     return read_config_file(path)
 
 
-def apply_preset(data: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
-    """``data`` over the preset it names (``preset`` key) or ``preset``.
+def apply_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` over the preset its ``preset`` key names (``data`` itself when none).
 
     Options of ``data`` replace the preset's whole (tables are not merged). When ``data``
     changes the encoder and gives no ``encoder_kwargs``, the preset's encoder arguments
     (which belong to its encoder) are dropped: the new encoder gets its own defaults.
     """
     data = dict(data)
-    name = data.pop("preset", None) or preset
+    name = data.pop("preset", None)
     if name is None:
         return data
     base = load_preset(str(name))
