@@ -40,8 +40,7 @@ import numpy as np
 import xxhash
 
 import featurestore.store as fs
-from featurestore.extract import ClipArrays, Moments, PartitionResult
-from featurestore.manifest import Clip
+from featurestore.store import Clip, ClipArrays, PartitionResult, Stats, TargetSpec
 
 # The default target set's dims (featurestore targets): lps, fbank, mfcc, contrast, cqt,
 # prosody, chroma, onset, tempogram.
@@ -90,9 +89,9 @@ def hash_speeds(size: int, repeat: int) -> list[list[str]]:
 def make_shards(folder: Path, minutes: float, n_shards: int) -> list[Path]:
     """Shards of random values with the default targets' dims, clips of 30 s."""
     rng = np.random.default_rng(0)
-    specs = [{"name": n, "dim": d, "rate": "frame", "library": "bench", "loss": "l1",
-              "dtype": "float16", "params": {}, "deltas": 0, "description": "",
-              "default": True} for n, d in DEFAULT_DIMS.items()]
+    specs = [TargetSpec(name=n, dim=d, rate="frame", library="bench", loss="l1",
+                        dtype="float16", params={}, deltas=0, default=True)
+             for n, d in DEFAULT_DIMS.items()]
     n_clips = max(n_shards, round(minutes * 2))
     per = -(-n_clips // n_shards)
     paths = []
@@ -100,12 +99,12 @@ def make_shards(folder: Path, minutes: float, n_shards: int) -> list[Path]:
         result = PartitionResult()
         for c in range(s * per, min(n_clips, (s + 1) * per)):
             n = 30 * SR
-            targets = {sp["name"]: rng.standard_normal((n // HOP, sp["dim"]), dtype=np.float32
-                                                       ).astype(np.float16) for sp in specs}
+            targets = {sp.name: rng.standard_normal((n // HOP, sp.dim), dtype=np.float32
+                                                    ).astype(np.float16) for sp in specs}
             result.clips.append(ClipArrays(
                 Clip(f"clip{c:05d}", f"/music/clip{c:05d}.wav", "x", "train", "g"), n,
                 "0" * 40, rng.integers(-20000, 20000, n, dtype=np.int16), targets,
-                {k: Moments.of(v) for k, v in targets.items()}))
+                {k: Stats.of(v) for k, v in targets.items()}))
         path = folder / f"part-{s:05d}.h5"
         fs.write_shard(path, result, specs, sample_rate=SR, hop=HOP, attrs={})
         paths.append(path)

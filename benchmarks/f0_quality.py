@@ -40,7 +40,7 @@ import benchlib  # before numpy: pins numeric libraries to one thread
 import numpy as np
 from benchlib import HOP, SAMPLE_RATE, cpu_time, table
 
-from featurestore.targets import REGISTRY, Frames, fit_frames
+from featurestore.targets import REGISTRY, DecodedClip, fit_frames
 from featurestore.targets.base import essentia_standard
 
 SR = SAMPLE_RATE
@@ -151,7 +151,7 @@ def yin_fft(n_fft: int, threshold: float = 0.5, gate_dbfs: float | None = None) 
     (and, with ``gate_dbfs``, where the frame's RMS is at least that many dB full scale)."""
     def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         es = essentia_standard()
-        fr = Frames(y, SR, HOP)
+        fr = DecodedClip(y, SR, HOP)
         tracker = es.PitchYinFFT(frameSize=n_fft, sampleRate=SR, minFrequency=F0_MIN,
                                  maxFrequency=F0_MAX)
         cols = np.ascontiguousarray(fr.magnitude(n_fft).T)
@@ -171,7 +171,7 @@ def numpy_yin(threshold: float = 0.5, gate_dbfs: float | None = -60.0) -> Tracke
     def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from yin_numpy import yin_from_power
 
-        fr = Frames(y, SR, HOP)
+        fr = DecodedClip(y, SR, HOP)
         f0, conf = yin_from_power(fr.power(1024), SR, F0_MIN, F0_MAX)
         voiced = (conf >= threshold) & (f0 > 0)
         if gate_dbfs is not None:
@@ -198,7 +198,7 @@ def yin_time(size: int, threshold: float = 0.5) -> Tracker:
 
 def prosody_target(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The registered ``prosody`` target as stored: exp(log-F0) and its voiced flag."""
-    x = REGISTRY["prosody"]()(Frames(y, SR, HOP))
+    x = REGISTRY["prosody"]()(DecodedClip(y, SR, HOP))
     return np.exp(x[:, 0].astype(np.float64)), x[:, 1] > 0.5
 
 

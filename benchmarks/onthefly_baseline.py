@@ -3,7 +3,7 @@
 A ``torch.utils.data.DataLoader`` over the same music files as ``data_path.py``'s store.
 Each ``__getitem__`` picks a file and a random 2 s crop, decodes it with soundfile, and
 computes the default targets (``featurestore.targets.resolve("default")`` on
-``Frames(crop, 16000, 160)``), as PASE's loader does; batches of 128 are collated by the
+``DecodedClip(crop, 16000, 160)``), as PASE's loader does; batches of 128 are collated by the
 DataLoader. Sources:
 
 - ``wav``: 16 kHz mono PCM16 WAV copies of the files (PASE's input format; made once in
@@ -110,12 +110,12 @@ class OnTheFly:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        from featurestore.targets import Frames
+        from featurestore.targets import DecodedClip
 
         c0 = time.process_time()
         y = self.crop(i)
         c1 = time.process_time()
-        frames = Frames(y, SAMPLE_RATE, HOP)
+        frames = DecodedClip(y, SAMPLE_RATE, HOP)
         out = {t.name: torch.from_numpy(t(frames)) for t in self.targets}
         out["waveform"] = torch.from_numpy(y)
         self.decode_cpu += c1 - c0

@@ -1,8 +1,8 @@
 """What each target costs: CPU time per 30 s clip of real music, one thread.
 
-For every registered target: alone (a fresh ``Frames``, so it pays for its own STFT, mel
+For every registered target: alone (a fresh ``DecodedClip``, so it pays for its own STFT, mel
 or CQT), in order (what ``extract`` pays running the default set in registry order) and
-marginal (on a ``Frames`` where every other default target has already run: the cost of
+marginal (on a ``DecodedClip`` where every other default target has already run: the cost of
 asking for it on top of the default set). Then the default set as a whole, decoding, the
 shared intermediates, and library alternatives for chroma, F0, CQT, tempogram and
 gammatone.
@@ -28,15 +28,15 @@ import benchlib  # before numpy: pins numeric libraries to one thread
 import numpy as np
 from benchlib import CLIP_SECONDS, HOP, SAMPLE_RATE, cpu_time, median, table, xrt
 
-from featurestore.targets import REGISTRY, Frames, Target, fit_frames, resolve
+from featurestore.targets import REGISTRY, DecodedClip, Target, fit_frames, resolve
 from featurestore.targets.base import essentia_standard
 
 F0_MIN, F0_MAX = 40.0, 2000.0  # the prosody / pyin targets' range
 CQT_FMIN, CQT_BINS = 32.703195662574764, 84
 
 
-class RecordingFrames(Frames):
-    """Frames that remember which shared intermediates were asked for."""
+class RecordingClip(DecodedClip):
+    """DecodedClip that remember which shared intermediates were asked for."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,8 +47,8 @@ class RecordingFrames(Frames):
         return super().memo(key, make)
 
 
-def fresh(y: np.ndarray) -> RecordingFrames:
-    return RecordingFrames(y, SAMPLE_RATE, HOP)
+def fresh(y: np.ndarray) -> RecordingClip:
+    return RecordingClip(y, SAMPLE_RATE, HOP)
 
 
 def framed(y: np.ndarray, size: int, n_frames: int) -> np.ndarray:
@@ -60,7 +60,7 @@ def framed(y: np.ndarray, size: int, n_frames: int) -> np.ndarray:
 
 # --- alternatives: (frames) -> array; they use the shared intermediates where they can ---
 
-def yin_fft_loop(fr: Frames, n_fft: int) -> np.ndarray:
+def yin_fft_loop(fr: DecodedClip, n_fft: int) -> np.ndarray:
     es = essentia_standard()
     tracker = es.PitchYinFFT(frameSize=n_fft, sampleRate=fr.sample_rate, minFrequency=F0_MIN,
                              maxFrequency=F0_MAX)
@@ -71,7 +71,7 @@ def yin_fft_loop(fr: Frames, n_fft: int) -> np.ndarray:
     return out
 
 
-def yin_time_loop(fr: Frames, size: int) -> np.ndarray:
+def yin_time_loop(fr: DecodedClip, size: int) -> np.ndarray:
     es = essentia_standard()
     tracker = es.PitchYin(frameSize=size, sampleRate=fr.sample_rate, minFrequency=F0_MIN,
                           maxFrequency=F0_MAX)
@@ -82,14 +82,14 @@ def yin_time_loop(fr: Frames, size: int) -> np.ndarray:
     return out
 
 
-def yin_probabilistic(fr: Frames) -> np.ndarray:
+def yin_probabilistic(fr: DecodedClip) -> np.ndarray:
     es = essentia_standard()
     pitch, prob = es.PitchYinProbabilistic(frameSize=2048, hopSize=fr.hop,
                                            sampleRate=fr.sample_rate)(fr.y)
     return fit_frames(np.stack([pitch, prob], axis=1), fr.n_frames)
 
 
-def librosa_yin(fr: Frames) -> np.ndarray:
+def librosa_yin(fr: DecodedClip) -> np.ndarray:
     import librosa
 
     f0 = librosa.yin(fr.y, fmin=F0_MIN, fmax=F0_MAX, sr=fr.sample_rate, frame_length=2048,
@@ -97,7 +97,7 @@ def librosa_yin(fr: Frames) -> np.ndarray:
     return fit_frames(f0, fr.n_frames)
 
 
-def essentia_chromagram(fr: Frames) -> np.ndarray:
+def essentia_chromagram(fr: DecodedClip) -> np.ndarray:
     es = essentia_standard()
     size = 16384  # what its ConstantQ demands at 16 kHz for 32.7 Hz
     chroma = es.Chromagram(sampleRate=fr.sample_rate, minFrequency=CQT_FMIN, numberBins=CQT_BINS,
@@ -109,7 +109,7 @@ def essentia_chromagram(fr: Frames) -> np.ndarray:
     return out
 
 
-def nsg_cqt(fr: Frames) -> np.ndarray:
+def nsg_cqt(fr: DecodedClip) -> np.ndarray:
     """essentia NSGConstantQ magnitude, resampled from its own time grid to ours."""
     es = essentia_standard()
     cq, _, _ = es.NSGConstantQ(
@@ -123,11 +123,11 @@ def nsg_cqt(fr: Frames) -> np.ndarray:
     return np.log(np.abs(cq[:, cols]) + 1e-6).T
 
 
-def onset_env(fr: Frames) -> np.ndarray:
+def onset_env(fr: DecodedClip) -> np.ndarray:
     return REGISTRY["onset"]()(fr)[:, 0]
 
 
-def fourier_tempogram(fr: Frames, win: int = 192) -> np.ndarray:
+def fourier_tempogram(fr: DecodedClip, win: int = 192) -> np.ndarray:
     import librosa
 
     tg = librosa.feature.fourier_tempogram(onset_envelope=onset_env(fr), sr=fr.sample_rate,
@@ -135,14 +135,14 @@ def fourier_tempogram(fr: Frames, win: int = 192) -> np.ndarray:
     return fit_frames(np.abs(tg), fr.n_frames, axis=1).T
 
 
-def autocorr_tempogram(fr: Frames) -> np.ndarray:
+def autocorr_tempogram(fr: DecodedClip) -> np.ndarray:
     import librosa
 
     return librosa.feature.tempogram(onset_envelope=onset_env(fr), sr=fr.sample_rate,
                                      hop_length=fr.hop, win_length=192).T
 
 
-def gammatone_iir(fr: Frames, n_bands: int = 40, fmin: float = 100.0, win: int = 2048):
+def gammatone_iir(fr: DecodedClip, n_bands: int = 40, fmin: float = 100.0, win: int = 2048):
     """Time-domain gammatone filterbank (scipy.signal.gammatone IIR filters, one
     ``lfilter`` per band), frame energy over ``win`` samples centred on each frame, log."""
     import scipy.signal
@@ -161,7 +161,7 @@ def gammatone_iir(fr: Frames, n_bands: int = 40, fmin: float = 100.0, win: int =
     return np.log(np.sqrt(out) + 1e-6).T
 
 
-def gammatone_heeris(fr: Frames) -> np.ndarray:
+def gammatone_heeris(fr: DecodedClip) -> np.ndarray:
     """The ``gammatone`` package's ``gtgram`` (Slaney/Ellis ERB filterbank in the time
     domain, as PASE uses), 40 bands from 100 Hz, 128 ms windows, 10 ms hop."""
     from gammatone.gtgram import gtgram
@@ -176,7 +176,7 @@ class Alt:
     family: str
     name: str
     library: str
-    fn: Callable[[Frames], Any]
+    fn: Callable[[DecodedClip], Any]
     note: str = ""
     needs: str = ""  # a module that must import
     target: str = ""  # a registered target: its per-target figures are reused
@@ -250,7 +250,7 @@ def alternatives(with_pyin: bool) -> list[Alt]:
     return [a for a in alts if a.available() and (not a.target or a.target in REGISTRY)]
 
 
-def run_defaults(fr: Frames, default: list[Target], skip: str = "") -> None:
+def run_defaults(fr: DecodedClip, default: list[Target], skip: str = "") -> None:
     for t in default:
         if t.name != skip:
             t(fr)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     alt_alone: dict[str, list[float]] = {a.name: [] for a in alts}
     alt_marg: dict[str, list[float]] = {a.name: [] for a in alts}
 
-    def intermediates(fr: Frames) -> dict[str, Callable[[], Any]]:
+    def intermediates(fr: DecodedClip) -> dict[str, Callable[[], Any]]:
         return {
             "STFT n_fft 1024 (complex)": lambda: fr.stft(1024),
             "magnitude 1024 (from STFT)": lambda: fr.magnitude(1024),
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         fr = fresh(y)
         for name, fn in intermediates(fr).items():
             keep(inter, name, cpu_time(fn)[0])
-        # Each target alone, on a fresh Frames.
+        # Each target alone, on a fresh DecodedClip.
         for t in everything:
             fr = fresh(y)
             keep(alone, t.name, cpu_time(lambda t=t, fr=fr: t(fr))[0])
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         fr = fresh(y)
         keep(totals, "default", cpu_time(lambda fr=fr: run_defaults(fr, default))[0])
 
-        def as_stored(fr: Frames) -> None:
+        def as_stored(fr: DecodedClip) -> None:
             for t in default:
                 x = to_storage(t(fr), t.dtype)
                 Moments.of(x)
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
               [[label, f"{median(totals[key]):.1f}", xrt(median(totals[key])),
                 f"{min(totals[key]):.0f}-{max(totals[key]):.0f}"]
                for label, key in [
-                   ("`resolve('default')` on one Frames", "default"),
+                   ("`resolve('default')` on one DecodedClip", "default"),
                    ("... plus cast to storage dtype and moments (what extract does)",
                     "default+store"),
                    ("default set with `fourier_tempogram` (win 192) instead of `tempogram`",
@@ -401,8 +401,8 @@ def main(argv: list[str] | None = None) -> None:
         table(["intermediate", "ms per clip"], [[k, f"{median(v):.1f}"] for k, v in inter.items()]),
         "",
         "## Library alternatives", "",
-        "alone: a fresh Frames (pays its own STFT/CQT/onset envelope); on top of default: "
-        "the default set already computed on the same Frames.", "",
+        "alone: a fresh DecodedClip (pays its own STFT/CQT/onset envelope); on top of default: "
+        "the default set already computed on the same DecodedClip.", "",
         table(["family", "implementation", "library", "ms alone", "x RT alone",
                "ms on top of default", "note"],
               [[a.family, a.name, a.library, f"{median(alt_alone[a.name]):.1f}",

@@ -28,13 +28,15 @@ from typing import Any
 from featurestore.audio import MIN_SAMPLE_RATE
 from featurestore.crashes import explain_worker_death, is_worker_death
 from featurestore.errors import FeatureStoreError
-from featurestore.extract import ExtractConfig, PartitionResult, extract_partition, plan_pieces
+from featurestore.extract import ExtractConfig, extract_partition, plan_pieces
 from featurestore.lock import output_lock
 from featurestore.manifest import Piece, manifest_hash
 from featurestore.sources import load_manifest
 from featurestore.store import (
     SCHEMA_VERSION,
+    PartitionResult,
     Store,
+    TargetSpec,
     assemble,
     format_bytes,
     format_hours,
@@ -231,10 +233,11 @@ def partitions(pieces: Sequence[Piece], size: int,
 def partition_hash(part: Sequence[Piece], config: ExtractConfig) -> str:
     """Identity of a shard: its rows, their pieces, their files' content hashes
     (:func:`featurestore.audio.content_hash`, taken when the pieces were planned), and
-    the config. A file rewritten with the same size and modification time changes it."""
+    the config with the targets' specs (hence their parameters). A file rewritten with the
+    same size and modification time changes it, and so does any target parameter."""
     pieces = [[p.segment, p.n_segments, p.last, p.samples, p.content] for p in part]
-    extra = {"schema": SCHEMA_VERSION, "config": config.__dict__, "specs": config.specs(),
-             "pieces": pieces}
+    extra = {"schema": SCHEMA_VERSION, "config": config.__dict__,
+             "specs": [spec.to_dict() for spec in config.specs()], "pieces": pieces}
     return manifest_hash([p.clip for p in part], extra)
 
 
@@ -288,7 +291,7 @@ def _complete_file_set(files: list[Path]) -> bool:
     return not set_problems(members)
 
 
-def _same_declaration(stored: Any, current: Any) -> bool:
+def _same_declaration(stored: TargetSpec, current: TargetSpec) -> bool:
     """Whether a stored target spec still describes the registry's target (the wording
     of its description and its membership of the default set do not change values)."""
     keys = ("name", "dim", "rate", "library", "dtype", "params", "deltas")
@@ -530,10 +533,8 @@ def _remove_assembled_shards(parts_dir: Path, stored: set[str]) -> None:
         parts_dir.rmdir()
 
 
-def _spec_of(name: str) -> Any:
-    from featurestore.targets.base import TargetSpec
-
-    return TargetSpec(**resolve([name])[0].spec())
+def _spec_of(name: str) -> TargetSpec:
+    return resolve([name])[0].spec()
 
 
 def _run_partitions(

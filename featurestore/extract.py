@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,8 +28,9 @@ from featurestore.audio import (
     probe,
     segment_length,
 )
-from featurestore.manifest import Clip, Piece, invalid_utf8
-from featurestore.targets import Frames, Target, resolve
+from featurestore.manifest import Piece, invalid_utf8
+from featurestore.store import Clip, ClipArrays, PartitionResult, Stats, TargetSpec
+from featurestore.targets import DecodedClip, Target, resolve
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -63,7 +63,8 @@ class ExtractConfig:
     min_seconds: float = 0.5
     with_waveform: bool = True
 
-    def specs(self) -> list[dict[str, Any]]:
+    def specs(self) -> list[TargetSpec]:
+        """The declarations of ``targets``, in registry order."""
         return [t.spec() for t in resolve(list(self.targets))]
 
     @property
@@ -75,60 +76,6 @@ class ExtractConfig:
     def min_samples(self) -> int:
         """Samples in the shortest clip kept (``min_seconds`` at the store's rate)."""
         return round(self.min_seconds * self.sample_rate)
-
-
-@dataclass
-class Moments:
-    """Count, mean and sum of squared deviations per dimension (float64), combinable
-    exactly (Chan et al.) across clips, shards and store files."""
-
-    count: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def of(cls, x: np.ndarray) -> Moments:
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
-
-    def __add__(self, other: Moments) -> Moments:
-        n = self.count + other.count
-        if n == 0:
-            return self
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
-        return Moments(n, mean, m2)
-
-    @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(self.m2 / max(self.count, 1))
-
-
-@dataclass
-class ClipArrays:
-    """One stored clip: its row, its arrays in storage dtype, and their moments."""
-
-    clip: Clip
-    n_samples: int
-    sha1: str
-    waveform: np.ndarray | None
-    targets: dict[str, np.ndarray]
-    moments: dict[str, Moments]
-
-
-@dataclass
-class PartitionResult:
-    """What a worker sends back for one partition."""
-
-    clips: list[ClipArrays] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-    @property
-    def n_samples(self) -> int:
-        """Samples over every clip (at the store's sample rate)."""
-        return sum(c.n_samples for c in self.clips)
 
 
 def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -253,7 +200,7 @@ def extract_piece(piece: Piece, config: ExtractConfig, *,
         piece's segment, or when its final segment is shorter than ``min_seconds``; more
         when an MP3's header underestimated its length. Targets are in their storage dtype
         with shape ``(n_samples // hop, dim)`` (frame rate) or ``(1, dim)`` (clip rate);
-        moments are of the stored values. Ids carry the segment suffix ``@NNNN`` when the
+        statistics are of the stored values. Ids carry the segment suffix ``@NNNN`` when the
         file keeps more than one segment.
 
     Raises
@@ -310,15 +257,15 @@ def extract_piece(piece: Piece, config: ExtractConfig, *,
 def _arrays(
     clip: Clip, y: np.ndarray, sha1: str, targets: list[Target], config: ExtractConfig
 ) -> ClipArrays:
-    frames = Frames(y, config.sample_rate, config.hop)
+    decoded = DecodedClip(y, config.sample_rate, config.hop)
     stored: dict[str, np.ndarray] = {}
-    moments: dict[str, Moments] = {}
+    stats: dict[str, Stats] = {}
     for target in targets:
-        x = to_storage(target(frames), target.dtype)
+        x = to_storage(target(decoded), target.dtype)
         stored[target.name] = x
-        moments[target.name] = Moments.of(x)
+        stats[target.name] = Stats.of(x)
     waveform = to_storage(y, "int16") if config.with_waveform else None
-    return ClipArrays(clip, len(y), sha1, waveform, stored, moments)
+    return ClipArrays(clip, len(y), sha1, waveform, stored, stats)
 
 
 def extract_partition(items: Sequence[Piece | Clip], config: ExtractConfig) -> PartitionResult:

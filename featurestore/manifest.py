@@ -5,46 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from featurestore.errors import FeatureStoreError
+from featurestore.store import Clip
 
-
-@dataclass(frozen=True)
-class Clip:
-    """One input clip.
-
-    Parameters
-    ----------
-    id : str
-        Unique within a manifest; stable across builds (the store's clip key).
-    path : str
-        Absolute path of the audio file.
-    label : str
-        Label(s); several labels are joined by ``";"``. Empty when unlabeled.
-    split : str
-        ``"train"``, ``"valid"``, ``"test"``, or empty when the source has no split.
-    group : str
-        Clips sharing a group (artist, album, instrument) never straddle train and test
-        in grouped k-fold evaluation. Empty when unknown.
-    meta : dict of str to str
-        Any further columns of the source, kept verbatim.
-    """
-
-    id: str
-    path: str
-    label: str = ""
-    split: str = ""
-    group: str = ""
-    meta: dict[str, str] = field(default_factory=dict, compare=True, hash=False)
-
-    @property
-    def labels(self) -> list[str]:
-        """The labels as a list (empty when unlabeled)."""
-        return [x for x in self.label.split(";") if x]
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+__all__ = ["Clip", "Piece", "check_manifest", "invalid_utf8", "manifest_hash"]
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from featurestore.errors import FeatureStoreError
 from featurestore.manifest import Clip, check_manifest
+from featurestore.store import TAG_SEPARATOR, split_tags
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -243,7 +244,7 @@ _SPLIT_NAMES = {
 
 
 def _normalise_labels(value: str) -> str:
-    return ";".join(x.strip() for x in value.split(";") if x.strip())
+    return TAG_SEPARATOR.join(split_tags(value))
 
 
 @register_layout("csv")
@@ -654,10 +655,10 @@ def mtat_layout(root: Path) -> list[Clip]:
         Clip(
             id=clip_id,
             path=str(audio / mp3),
-            label=";".join(header[i] for i in on if i in top),
+            label=TAG_SEPARATOR.join(header[i] for i in on if i in top),
             split=_MTAT_SPLIT_BY_DIR[mp3[0]],
             group=groups.get(clip_id, ""),
-            meta={"tags_all": ";".join(header[i] for i in on)},
+            meta={"tags_all": TAG_SEPARATOR.join(header[i] for i in on)},
         )
         for clip_id, mp3, on in kept
     ]

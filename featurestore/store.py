@@ -1,5 +1,12 @@
 """The store format: schema, writers, memory-mapped reader, integrity check.
 
+A leaf: it imports no other module of featurestore but :mod:`featurestore.errors`
+(an import contract, see pyproject.toml), so that a reader of stores (the trainer) loads
+nothing of the build side. Its types are the format's: :class:`Clip` (a row of the clip
+table), :class:`TargetSpec` (a target's stored declaration), :class:`Stats` (a target's
+exact, combinable statistics), :class:`ClipArrays` and :class:`PartitionResult` (a
+shard's content), :class:`Store` (an opened store).
+
 One HDF5 file per data set (or per slice of a large corpus), readable with plain h5py::
 
     /                  attrs: schema_version, sample_rate, hop, created, source, versions (JSON);
@@ -53,18 +60,16 @@ import json
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xxhash
 
 from featurestore.errors import FeatureStoreError
-from featurestore.extract import Moments, PartitionResult
-from featurestore.manifest import Clip
-from featurestore.targets.base import TargetSpec
 
 SCHEMA_VERSION = 1
 STRING_COLUMNS = ("id", "path", "label", "split", "group", "sha1", "meta")
@@ -120,18 +125,215 @@ def format_hours(seconds: float) -> str:
     return f"{hours:.3f} h" + (f" ({seconds:.1f} s)" if hours < 1 else "")
 
 
-@dataclass
+# ---------------------------------------------------------------------------- the format
+
+Rate = Literal["frame", "clip", "sample"]
+Loss = Literal["l1", "mse"]
+
+
+TAG_SEPARATOR = ";"
+"""What joins the labels (tags) of a multi-label clip in the ``label`` column."""
+
+
+def split_tags(label: str) -> list[str]:
+    """The tags (or the single class) of one label string, in order.
+
+    Parameters
+    ----------
+    label : str
+        Tags joined by ``";"``; blanks around tags and empty parts are ignored, so ``""``
+        means no tag.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> split_tags(" rock; guitar;;")
+    ['rock', 'guitar']
+    """
+    return [t.strip() for t in str(label).split(TAG_SEPARATOR) if t.strip()]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip: a manifest row, and a row of a store's clip table.
+
+    Parameters
+    ----------
+    id : str
+        Unique within a manifest; stable across builds (the store's clip key).
+    path : str
+        Absolute path of the audio file.
+    label : str
+        Label(s); several labels are joined by ``";"``. Empty when unlabeled.
+    split : str
+        ``"train"``, ``"valid"``, ``"test"``, or empty when the source has no split.
+    group : str
+        Clips sharing a group (artist, album, instrument) never straddle train and test
+        in grouped k-fold evaluation. Empty when unknown.
+    meta : dict of str to str
+        Any further columns of the source, kept verbatim.
+    """
+
+    id: str
+    path: str
+    label: str = ""
+    split: str = ""
+    group: str = ""
+    meta: dict[str, str] = field(default_factory=dict, compare=True, hash=False)
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels as a list (empty when unlabeled)."""
+        return split_tags(self.label)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target's declaration as stored with its values (attribute ``spec`` of
+    ``/targets/<name>``, JSON): what a reader needs, with no compute code.
+
+    Attributes
+    ----------
+    name : str
+        Key in the store (``/targets/<name>``).
+    dim : int
+        Values per row, deltas included.
+    rate : {"frame", "clip", "sample"}
+        One row per frame, per clip, or per sample.
+    library : str
+        The library that computes it.
+    loss : {"l1", "mse"}
+        The regression loss a worker head uses on it.
+    dtype : str
+        Storage dtype.
+    params : dict
+        Parameters of the computation (plain JSON data).
+    deltas : int
+        Orders of time differences appended (0, 1 or 2).
+    description : str
+    default : bool
+        Whether the target belongs to the default set.
+    """
+
+    name: str
+    dim: int
+    rate: Rate
+    library: str
+    loss: Loss
+    dtype: str
+    params: dict[str, Any]
+    deltas: int
+    description: str = ""
+    default: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The declaration as plain data (what :meth:`to_json` writes)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The one serialisation of a spec: JSON with sorted keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TargetSpec:
+        """Inverse of :meth:`to_json` (also reads every store written so far)."""
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, eq=False)
 class Stats:
-    """Normalisation statistics of one target over a store (float64)."""
+    """Count, mean and sum of squared deviations per dimension (float64) of a target's
+    values, combinable exactly (Chan et al.) across clips, shards and store files with
+    ``+``.
+
+    Attributes
+    ----------
+    count : int
+        Rows.
+    mean : np.ndarray, shape (dim,), float64
+    m2 : np.ndarray, shape (dim,), float64
+        Sum of squared deviations from the mean.
+    """
 
     count: int
     mean: np.ndarray
-    std: np.ndarray
-    m2: np.ndarray | None = None  # sum of squared deviations, as stored (exact combining)
+    m2: np.ndarray
 
-    def moments(self) -> Moments:
-        m2 = self.m2 if self.m2 is not None else self.std**2 * self.count
-        return Moments(self.count, self.mean, m2)
+    @classmethod
+    def of(cls, x: np.ndarray) -> Stats:
+        """Statistics of rows ``x``, shape (n, dim), over the rows."""
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
+        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+
+    @classmethod
+    def combine(cls, parts: Iterable[Stats], dim: int) -> Stats:
+        """The statistics of the union of ``parts`` (none: zero rows of ``dim`` values)."""
+        total = cls(0, np.zeros(dim), np.zeros(dim))
+        for part in parts:
+            total = total + part
+        return total
+
+    def __add__(self, other: Stats) -> Stats:
+        n = self.count + other.count
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
+        return Stats(n, mean, m2)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per dimension, shape (dim,)."""
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+
+@dataclass
+class ClipArrays:
+    """One clip of a shard: its row, its arrays in storage dtype, and their statistics.
+
+    Attributes
+    ----------
+    clip : Clip
+    n_samples : int
+        Samples at the store's rate.
+    sha1 : str
+        SHA-1 of the clip's file.
+    waveform : np.ndarray or None, shape (n_samples,), int16
+        None when only targets are added to a built store.
+    targets : dict of str to np.ndarray
+        ``(n_samples // hop, dim)`` (frame rate) or ``(1, dim)`` (clip rate) per target.
+    stats : dict of str to Stats
+        Of the stored values, per target.
+    """
+
+    clip: Clip
+    n_samples: int
+    sha1: str
+    waveform: np.ndarray | None
+    targets: dict[str, np.ndarray]
+    stats: dict[str, Stats]
+
+
+@dataclass
+class PartitionResult:
+    """A shard's content: what a worker sends back for one partition of a build and the
+    client writes with :func:`write_shard`."""
+
+    clips: list[ClipArrays] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples over every clip (at the store's sample rate)."""
+        return sum(c.n_samples for c in self.clips)
 
 
 @dataclass(frozen=True)
@@ -156,7 +358,7 @@ class Checksums:
         return max(1, -(-rows // self.block_rows))
 
 
-@dataclass
+@dataclass(repr=False)
 class Store:
     """An opened store: plain numpy data and read-only memory maps; no open HDF5 handle.
 
@@ -221,6 +423,77 @@ class Store:
     def waveform_of(self, i: int) -> np.ndarray:
         start = int(self.clips["sample_offset"][i])
         return self.waveform[start : start + int(self.clips["n_samples"][i])]
+
+    def __repr__(self) -> str:
+        return (f"Store({str(self.path)!r}, clips={self.n_clips}, "
+                f"hours={self.seconds / 3600:.3f}, targets={sorted(self.targets)})")
+
+    def summary(self) -> dict[str, Any]:
+        """What ``featurestore info --json`` prints: plain JSON data.
+
+        Returns
+        -------
+        dict
+            ``path``, ``clips``, ``hours``, ``sample_rate`` (Hz), ``hop`` (samples),
+            ``bytes`` (the file's size), ``bytes_per_audio_hour`` (None without audio),
+            ``waveform_bytes``, ``labels`` (clips per label, most frequent first),
+            ``splits`` (clips per split), ``targets`` (per target: ``dim``, ``rate``,
+            ``dtype``, ``bytes``, ``library``), ``n_errors``, ``errors`` (``path``,
+            ``reason``), ``schema_version``, ``created``, ``source``.
+        """
+        hours = self.seconds / 3600
+        labels = Counter(lab for row in self.clips["label"] for lab in split_tags(row))
+        targets = {name: {"dim": self.specs[name].dim, "rate": self.specs[name].rate,
+                          "dtype": str(x.dtype), "bytes": int(x.nbytes),
+                          "library": self.specs[name].library}
+                   for name, x in self.targets.items()}
+        file_bytes = self.path.stat().st_size
+        return {
+            "path": str(self.path), "clips": self.n_clips, "hours": hours,
+            "sample_rate": self.sample_rate, "hop": self.hop, "bytes": file_bytes,
+            "bytes_per_audio_hour": file_bytes / hours if hours else None,
+            "waveform_bytes": int(self.waveform.nbytes), "labels": dict(labels.most_common()),
+            "splits": dict(Counter(self.clips["split"].tolist())), "targets": targets,
+            "n_errors": len(self.errors),
+            "errors": [{"path": p, "reason": r} for p, r in self.errors],
+            "schema_version": self.attrs.get("schema_version"),
+            "created": self.attrs.get("created"), "source": self.attrs.get("source"),
+        }
+
+    def describe(self) -> str:
+        """:meth:`summary` as the text ``featurestore info`` prints (several lines)."""
+        s = self.summary()
+        hours = s["hours"]
+        lines = [f"{self.path}  (schema {s['schema_version']}, created {s['created']})",
+                 f"source: {s['source']}",
+                 f"{self.n_clips} clips, {format_hours(self.seconds)} of audio at "
+                 f"{self.sample_rate} Hz, hop {self.hop} ({self.sample_rate / self.hop:g} "
+                 "frames/s)"]
+        per_hour = f", {format_bytes(s['bytes'] / hours)} per audio-hour" if hours else ""
+        lines.append(f"size {format_bytes(s['bytes'])}{per_hour}")
+        lines.append("splits: " + ", ".join(f"{k or '(none)'} {v}"
+                                            for k, v in sorted(s["splits"].items())))
+        labels = list(s["labels"].items())
+        if labels:
+            more = f", ... ({len(labels)} labels)" if len(labels) > 12 else ""
+            lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in labels[:12]) + more)
+        else:
+            lines.append("labels: none (unlabeled)")
+        lines.append(f"{'target':<12} {'dim':>5} {'rate':>6} {'dtype':>8} {'size':>10} "
+                     f"{'per hour':>10}  library")
+        rows = [("waveform", 1, "sample", str(self.waveform.dtype), s["waveform_bytes"],
+                 "numpy")]
+        rows += [(n, t["dim"], t["rate"], t["dtype"], t["bytes"], t["library"])
+                 for n, t in s["targets"].items()]
+        for name, dim, rate, dtype, nbytes, lib in rows:
+            ph = format_bytes(nbytes / hours) if hours else "-"
+            lines.append(f"{name:<12} {dim:>5} {rate:>6} {dtype:>8} {format_bytes(nbytes):>10} "
+                         f"{ph:>10}  {lib}")
+        lines.append(f"errors: {len(self.errors)}")
+        lines += [printable(f"  {path}: {reason}") for path, reason in self.errors[:20]]
+        if len(self.errors) > 20:
+            lines.append(f"  ... and {len(self.errors) - 20} more")
+        return "\n".join(lines)
 
 
 def _memmap(path: Path, dset: Any) -> np.ndarray:
@@ -308,10 +581,11 @@ def _read_store(path: Path, f: Any) -> Store:
     for name, dset in f.get("targets", {}).items():
         targets[name] = _memmap(path, dset)
         specs[name] = TargetSpec.from_json(dset.attrs["spec"])
-        m2 = dset.attrs.get("m2")
-        stats[name] = Stats(int(dset.attrs["count"]), np.asarray(dset.attrs["mean"]),
-                            np.asarray(dset.attrs["std"]),
-                            None if m2 is None else np.asarray(m2))
+        count = int(dset.attrs["count"])
+        m2 = dset.attrs.get("m2")  # absent in stores written before it was recorded
+        stats[name] = Stats(count, np.asarray(dset.attrs["mean"], dtype=np.float64),
+                            np.asarray(dset.attrs["std"], dtype=np.float64) ** 2 * count
+                            if m2 is None else np.asarray(m2, dtype=np.float64))
         checked[f"targets/{name}"] = dset
     errors = []
     if "errors" in f:
@@ -542,10 +816,7 @@ def _sibling_problems(store: Store) -> list[str]:
 
 def combined_stats(stores: Sequence[Store], name: str) -> Stats:
     """Exact statistics of target ``name`` over several store files."""
-    total = Moments(0, np.zeros(stores[0].specs[name].dim), np.zeros(stores[0].specs[name].dim))
-    for s in stores:
-        total = total + s.stats[name].moments()
-    return Stats(total.count, total.mean, total.std, total.m2)
+    return Stats.combine((s.stats[name] for s in stores), stores[0].specs[name].dim)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -665,8 +936,9 @@ def _write_errors(f: Any, errors: Sequence[tuple[str, str]]) -> None:
     _text_dataset(g, "reason", [e[1] for e in errors])
 
 
-def _target_attrs(spec_json: str, m: Moments) -> dict[str, Any]:
-    return {"spec": spec_json, "count": m.count, "mean": m.mean, "std": m.std, "m2": m.m2}
+def _target_attrs(spec: TargetSpec, st: Stats) -> dict[str, Any]:
+    return {"spec": spec.to_json(), "count": st.count, "mean": st.mean, "std": st.std,
+            "m2": st.m2}
 
 
 class _FileImage(io.RawIOBase):
@@ -940,7 +1212,7 @@ def _columns_of(clips: Sequence[Clip], n_samples: Sequence[int], sha1: Sequence[
 
 
 def write_shard(path: str | os.PathLike[str], result: PartitionResult,
-                specs: Sequence[dict[str, Any]], *, sample_rate: int, hop: int,
+                specs: Sequence[TargetSpec], *, sample_rate: int, hop: int,
                 attrs: dict[str, Any]) -> None:
     """Write one partition's result as a small store, atomically (temp name, then rename),
     with block checksums of every array.
@@ -961,14 +1233,11 @@ def write_shard(path: str | os.PathLike[str], result: PartitionResult,
     bulks = [_Bulk("waveform", (sum(len(w) for w in waves),), np.dtype(np.int16),
                    lambda: iter(waves))]
     for spec in specs:
-        name = spec["name"]
-        arrays = [r.targets[name] for r in rows]
-        total = Moments(0, np.zeros(spec["dim"]), np.zeros(spec["dim"]))
-        for r in rows:
-            total = total + r.moments[name]
-        bulks.append(_Bulk(f"targets/{name}", (sum(len(a) for a in arrays), spec["dim"]),
-                           np.dtype(spec["dtype"]), lambda arrays=arrays: iter(arrays),
-                           _target_attrs(json.dumps(spec, sort_keys=True), total)))
+        arrays = [r.targets[spec.name] for r in rows]
+        total = Stats.combine((r.stats[spec.name] for r in rows), spec.dim)
+        bulks.append(_Bulk(f"targets/{spec.name}", (sum(len(a) for a in arrays), spec.dim),
+                           np.dtype(spec.dtype), lambda arrays=arrays: iter(arrays),
+                           _target_attrs(spec, total)))
 
     def describe(f: Any) -> None:
         _root_attrs(f, {"sample_rate": sample_rate, "hop": hop, **attrs})
@@ -1096,15 +1365,12 @@ def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[
         piece for s in rows_from for piece in _checked_rows(s, "waveform", s.waveform, 1 << 22)))]
     for name, spec in specs.items():
         rows = n_clips if spec.rate == "clip" else total_frames
-        total = Moments(0, np.zeros(spec.dim), np.zeros(spec.dim))
-        for s in sources[name]:
-            total = total + s.stats[name].moments()
-        spec_dict = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+        total = Stats.combine((s.stats[name] for s in sources[name]), spec.dim)
         bulks.append(_Bulk(
             f"targets/{name}", (rows, spec.dim), np.dtype(spec.dtype),
             lambda name=name: (piece for s in sources[name] for piece in
                                _checked_rows(s, f"targets/{name}", s.targets[name], 1 << 16)),
-            _target_attrs(json.dumps(spec_dict, sort_keys=True), total)))
+            _target_attrs(spec, total)))
 
     def describe(f: Any) -> None:
         _root_attrs(f, attrs)
@@ -1263,7 +1529,7 @@ def verify(path: str | os.PathLike[str], *, quick: bool = False,
         cs = usable(f"targets/{name}", len(x))
         step = cs.block_rows if cs is not None else (
             block_rows or _block_rows(len(x), x.dtype.itemsize * spec.dim))
-        total = Moments(0, np.zeros(spec.dim), np.zeros(spec.dim))
+        total = Stats.combine((), spec.dim)
         finite = True
         bad = []
         for start in range(0, len(x), step):  # one pass: checksums and statistics
@@ -1273,7 +1539,7 @@ def verify(path: str | os.PathLike[str], *, quick: bool = False,
             if sized:
                 values = np.asarray(block)
                 finite &= bool(np.isfinite(values).all())
-                total = total + Moments.of(values)
+                total = total + Stats.of(values)
         problems += _mismatch_lines(s, f"targets/{name}", bad)
         if not sized:
             continue

@@ -10,7 +10,7 @@ import signal
 
 import numpy as np
 
-from featurestore.targets import Frames, Target, register
+from featurestore.targets import DecodedClip, Target, register
 
 
 class Crash(Target):
@@ -19,7 +19,7 @@ class Crash(Target):
     library = "numpy"
     description = "peak amplitude; dies of SIGSEGV on a clip that peaks above 0.9"
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, frames: DecodedClip) -> np.ndarray:
         if np.abs(frames.y).max() > 0.9:
             os.kill(os.getpid(), signal.SIGSEGV)
         return np.full((frames.n_frames, 1), np.abs(frames.y).max(), dtype=np.float32)

@@ -3,6 +3,7 @@ worker mid-build), adding targets to a store, splitting a corpus into several fi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -62,7 +63,7 @@ def test_resume_after_a_real_kill(sig: int, slow_corpus: Path, local_slow_store:
     out = tmp_path / "slow.h5"
     parts_dir = tmp_path / "slow.h5.parts"
     cmd = ["featurestore", "build", str(slow_corpus), "-o", str(out), "--targets",
-           KILL_TARGETS, "--workers", "1", "--partition-size", "1", "--quiet"]
+           KILL_TARGETS, "--processes", "1", "--partition-size", "1", "--quiet"]
     log_path = tmp_path / "first.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -162,7 +163,7 @@ def test_adding_targets_computes_only_the_new_ones(corpus: Corpus, dask_cluster:
     assert "targets added: none (up to date)" in third.summary()
 
     mfcc = REGISTRY["mfcc"]
-    monkeypatch.setattr(mfcc, "params", {**mfcc.params, "n_mfcc": 13})
+    monkeypatch.setattr(mfcc, "params", dataclasses.replace(mfcc.params, n_mfcc=13))
     with pytest.raises(FeatureStoreError) as err:
         build(str(corpus.csv), out, targets="mfcc,onset", **kw)
     message = str(err.value)
@@ -268,3 +269,60 @@ def test_leftovers_of_a_killed_build_are_cleaned(corpus: Corpus, dask_cluster: D
     assert report.partitions_computed == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["main.h5"]
     assert_same_store(out, built_store)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def test_partition_hash_follows_the_target_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from featurestore.build import partition_hash
+    from featurestore.extract import ExtractConfig
+    from featurestore.manifest import Clip, Piece
+
+    part = [Piece(Clip("a", "/x/a.wav"), samples=16000, content="c0")]
+    config = ExtractConfig(targets=("mfcc", "chroma"))
+    before = partition_hash(part, config)
+    chroma = REGISTRY["chroma"]
+    assert partition_hash(part, ExtractConfig(targets=("mfcc", "chroma"))) == before
+    monkeypatch.setattr(chroma, "params", dataclasses.replace(chroma.params))  # equal values
+    assert partition_hash(part, config) == before
+    monkeypatch.setattr(chroma, "params", dataclasses.replace(chroma.params, n_fft=2048))
+    assert partition_hash(part, config) != before
+    monkeypatch.undo()
+    assert partition_hash(part, config) == before
+
+
+def test_build_option_processes_and_its_deprecated_alias(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import importlib
+
+    from click.testing import CliRunner
+
+    from featurestore.cli import main
+
+    seen: list[int | None] = []
+
+    class Report:
+        def summary(self) -> str:
+            return "built"
+
+    def fake_build(*args: Any, workers: int | None = None, **kwargs: Any) -> Report:
+        seen.append(workers)
+        return Report()
+
+    monkeypatch.setattr(importlib.import_module("featurestore.build"), "build", fake_build)
+    runner = CliRunner()
+    new = runner.invoke(main, ["build", "src", "-o", "out.h5", "--processes", "3"])
+    assert (new.exit_code, new.stdout, new.stderr) == (0, "built\n", "")
+    old = runner.invoke(main, ["build", "src", "-o", "out.h5", "--workers", "2"])
+    assert (old.exit_code, old.stdout) == (0, "built\n")
+    assert old.stderr == ("warning: --workers is deprecated; use --processes (Dask worker "
+                          "processes)\n")
+    assert seen == [3, 2]
+    both = runner.invoke(main, ["build", "src", "-o", "o.h5", "--processes", "3", "--workers", "2"])
+    assert both.exit_code == 2 and seen == [3, 2]
+    shown = runner.invoke(main, ["build", "-h"]).output
+    assert "--processes" in shown and "--workers" not in shown
+    text = " ".join(shown.split())  # the help wraps lines
+    assert "[default: (all cores); x>=1]" in text
+    assert ("'default', 'all' or comma-separated names: " + ", ".join(REGISTRY)) in text

@@ -40,7 +40,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(slow_corpus: Path,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "slow.h5"
     cmd = ["featurestore", "build", str(slow_corpus), "-o", str(out), "--targets",
-           KILL_TARGETS, "--workers", "1", "--quiet"]
+           KILL_TARGETS, "--processes", "1", "--quiet"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              stdin=subprocess.DEVNULL, start_new_session=True)
     try:

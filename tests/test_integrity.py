@@ -28,8 +28,15 @@ from conftest import HOP, SR, tmpfs
 import featurestore.store
 from featurestore import FeatureStoreError, open_store, open_stores, verify
 from featurestore.cli import main
-from featurestore.extract import ClipArrays, Moments, PartitionResult
-from featurestore.store import Store, assemble, write_shard
+from featurestore.store import (
+    ClipArrays,
+    PartitionResult,
+    Stats,
+    Store,
+    TargetSpec,
+    assemble,
+    write_shard,
+)
 
 ATTRS = {"sample_rate": SR, "hop": HOP, "source": "test"}
 MISMATCH = "differ from their checksum"
@@ -513,15 +520,14 @@ def test_assemble_over_a_store_on_a_full_disk(built_store: Path, tmp_path: Path,
 
 
 def partition_of(store: Store, rows: list[int],
-                 errors: list[tuple[str, str]]) -> tuple[PartitionResult, list[dict]]:
+                 errors: list[tuple[str, str]]) -> tuple[PartitionResult, list[TargetSpec]]:
     """Clips of a built store as an extraction result, and the target specs."""
     clips = [ClipArrays(store.clip(i), int(store.clips["n_samples"][i]),
                         store.clips["sha1"][i], np.array(store.waveform_of(i)),
                         {n: np.array(store.frames_of(n, i)) for n in store.targets},
-                        {n: Moments.of(store.frames_of(n, i)) for n in store.targets})
+                        {n: Stats.of(store.frames_of(n, i)) for n in store.targets})
              for i in rows]
-    specs = [{k: getattr(sp, k) for k in sp.__dataclass_fields__} for sp in store.specs.values()]
-    return PartitionResult(clips, errors), specs
+    return PartitionResult(clips, errors), list(store.specs.values())
 
 
 @pytest.mark.parametrize("early", [True, False], ids=["refused-early", "write-fails"])

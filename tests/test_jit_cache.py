@@ -397,7 +397,7 @@ PYIN = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from featurestore.targets import REGISTRY, Frames
+from featurestore.targets import REGISTRY, DecodedClip
 from featurestore import jitcache
 root, how, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 sr, hop = 16000, 160
@@ -407,7 +407,7 @@ while len(list(root.glob("go-*"))) < n:
     time.sleep(0.001)
 found = []
 if how in ("target", "both"):  # the project's target, float32
-    out = REGISTRY["pyin"]()(Frames(y.astype(np.float32), sr, hop))
+    out = REGISTRY["pyin"]()(DecodedClip(y.astype(np.float32), sr, hop))
     found.append(float(np.median(np.exp(out[10:-10, 0]))))
 if how in ("librosa", "both"):  # librosa.pyin itself, float64
     import librosa

@@ -17,9 +17,8 @@ from threadpoolctl import threadpool_limits
 from featurestore import FeatureStoreError, open_store, open_stores, verify
 from featurestore.audio import decode
 from featurestore.cli import main
-from featurestore.extract import Moments
-from featurestore.store import SCHEMA_VERSION, combined_stats
-from featurestore.targets import Frames, resolve
+from featurestore.store import SCHEMA_VERSION, Stats, TargetSpec, combined_stats
+from featurestore.targets import DecodedClip, resolve
 
 TARGET_NAMES = MAIN_TARGETS.split(",")
 
@@ -68,9 +67,9 @@ def test_targets_equal_direct_computation(built_store: Path, corpus: Corpus) -> 
     assert sorted(s.targets) == sorted(TARGET_NAMES)
     with threadpool_limits(1):  # the workers run single-threaded BLAS too
         for i, r in enumerate(corpus.rows):
-            frames = Frames(decoded(r["path"]), SR, HOP)
+            clip = DecodedClip(decoded(r["path"]), SR, HOP)
             for name in TARGET_NAMES:
-                expect = resolve(name)[0](frames).astype(np.float16)
+                expect = resolve(name)[0](clip).astype(np.float16)
                 got = s.frames_of(name, i)
                 assert got.dtype == np.float16
                 assert np.array_equal(got, expect), (r["id"], name)
@@ -110,16 +109,52 @@ def test_stats_are_exact_over_stored_values(built_store: Path) -> None:
     np.testing.assert_allclose(c.std, s.stats["mfcc"].std, rtol=1e-15)
 
 
-def test_moments_combine_exactly() -> None:
+def test_stats_combine_exactly() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(1000, 4))
     parts = [x[:1], x[1:400], x[400:400], x[400:]]
-    total = Moments(0, np.zeros(4), np.zeros(4))
-    for p in parts:
-        total = total + Moments.of(p)
+    total = Stats.combine((Stats.of(p) for p in parts), 4)
     assert total.count == 1000
     np.testing.assert_allclose(total.mean, x.mean(axis=0), rtol=1e-13)
     np.testing.assert_allclose(total.std, x.std(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(total.m2, ((x - x.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-12)
+    summed = Stats.of(x[:400]) + Stats.of(x[400:])
+    np.testing.assert_allclose(summed.mean, total.mean, rtol=1e-15)
+    empty = Stats.combine((), 3)
+    assert empty.count == 0 and empty.mean.tolist() == [0.0] * 3
+    assert empty.std.tolist() == [0.0] * 3
+
+
+def test_a_spec_as_stored_before_typed_parameters_still_parses() -> None:
+    """The JSON of a chroma target as every store written so far holds it."""
+    text = ('{"default": true, "deltas": 0, "description": "chroma from the STFT power, '
+            'max-normalised per frame; bin 0 is C, bin 9 is A", "dim": 12, "dtype": '
+            '"float16", "library": "librosa", "loss": "l1", "name": "chroma", "params": '
+            '{"n_fft": 1024, "tuning": 0.0}, "rate": "frame"}')
+    spec = TargetSpec.from_json(text)
+    assert spec == resolve("chroma")[0].spec()
+    assert spec.to_json() == text
+
+
+def test_store_repr_is_one_short_line(built_store: Path) -> None:
+    s = open_store(built_store)
+    hours = s.seconds / 3600
+    assert repr(s) == (f"Store({str(built_store)!r}, clips={s.n_clips}, hours={hours:.3f}, "
+                       f"targets={sorted(TARGET_NAMES)})")
+    assert len(repr(s)) < 200
+
+
+def test_summary_is_what_info_prints(built_store: Path) -> None:
+    s = open_store(built_store)
+    summary = s.summary()
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON data
+    assert summary["clips"] == s.n_clips and summary["n_errors"] == len(s.errors)
+    assert sorted(summary["targets"]) == sorted(TARGET_NAMES)
+    assert summary["targets"]["mfcc"]["dim"] == 60
+    info = CliRunner().invoke(main, ["info", str(built_store)])
+    assert info.exit_code == 0 and info.output == s.describe() + "\n"
+    as_json = CliRunner().invoke(main, ["info", "--json", str(built_store)])
+    assert json.loads(as_json.output) == summary
 
 
 def test_plain_h5py_schema(built_store: Path, corpus: Corpus) -> None:
@@ -280,3 +315,20 @@ def test_open_stores_checks_agreement(built_store: Path, store_copy: Path) -> No
         open_stores([built_store, store_copy])
     with pytest.raises(FeatureStoreError, match="no store matches"):
         open_stores(str(store_copy.parent / "nothing-*.h5"))
+
+
+def test_a_store_written_without_m2_still_opens(built_store: Path, tmp_path: Path) -> None:
+    """Stores written before the sum of squared deviations was recorded: their statistics
+    come from the stored standard deviation."""
+    old = tmp_path / "old.h5"
+    shutil.copy(built_store, old)
+    with h5py.File(old, "r+") as f:
+        for d in f["targets"].values():
+            del d.attrs["m2"]
+    now, then = open_store(built_store), open_store(old)
+    for name, st in now.stats.items():
+        was = then.stats[name]
+        assert was.count == st.count
+        np.testing.assert_array_equal(was.mean, st.mean)
+        np.testing.assert_allclose(was.m2, st.std**2 * st.count, rtol=1e-12)
+        np.testing.assert_allclose(was.std, st.std, rtol=1e-12)

@@ -9,6 +9,7 @@ centred on sample ``160 * t``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -17,11 +18,11 @@ import numpy as np
 import pytest
 
 from featurestore.errors import FeatureStoreError
+from featurestore.store import TargetSpec
 from featurestore.targets import (
     REGISTRY,
-    Frames,
+    DecodedClip,
     Target,
-    TargetSpec,
     deltas,
     fit_frames,
     register,
@@ -38,7 +39,8 @@ MARGIN = 10
 DEFAULT_SET = [
     "lps", "fbank", "mfcc", "contrast", "cqt", "prosody", "chroma", "onset", "tempogram",
 ]
-"""DESIGN.md's default set, in registry order (spectral, pitch, tonal, rhythm)."""
+"""The default set (DESIGN.md, "Target registry"), in registry order (spectral, pitch,
+tonal, rhythm)."""
 
 
 # --------------------------------------------------------------------------- signals
@@ -65,10 +67,10 @@ def clicks(n_samples: int, positions: list[int] | np.ndarray) -> np.ndarray:
     return y
 
 
-def compute(name: str, y_or_frames: np.ndarray | Frames) -> np.ndarray:
+def compute(name: str, y_or_clip: np.ndarray | DecodedClip) -> np.ndarray:
     """The registered target ``name`` on a clip, as the store would hold it."""
-    frames = y_or_frames if isinstance(y_or_frames, Frames) else Frames(y_or_frames, SR, HOP)
-    return REGISTRY[name]()(frames)
+    clip = y_or_clip if isinstance(y_or_clip, DecodedClip) else DecodedClip(y_or_clip, SR, HOP)
+    return REGISTRY[name]()(clip)
 
 
 def interior(x: np.ndarray) -> np.ndarray:
@@ -86,9 +88,9 @@ def midi_bin_from_c1(freq: float) -> int:
 
 
 @pytest.fixture(scope="module")
-def a440() -> Frames:
+def a440() -> DecodedClip:
     """3 s of a 440 Hz sine at amplitude 0.5; shared so the targets share one STFT."""
-    return Frames(tone(440.0, seconds=3.0), SR, HOP)
+    return DecodedClip(tone(440.0, seconds=3.0), SR, HOP)
 
 
 # --------------------------------------------------------------------------- declarations
@@ -98,9 +100,67 @@ def a440() -> Frames:
 def test_declaration_round_trips_through_json(name: str) -> None:
     cls = REGISTRY[name]
     spec = cls.spec()
-    json.dumps(spec["params"])  # parameters are plain JSON data
-    assert TargetSpec.from_json(cls.spec_json()) == TargetSpec(**spec)
-    assert TargetSpec.from_json(cls.spec_json()).params == cls.params
+    assert TargetSpec.from_json(spec.to_json()) == spec
+    assert TargetSpec.from_json(spec.to_json()).to_json() == spec.to_json()
+    assert spec.params == dataclasses.asdict(cls.params)
+    assert json.loads(json.dumps(spec.params)) == spec.params  # plain JSON data
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_parameters_are_a_frozen_dataclass(name: str) -> None:
+    params = REGISTRY[name].params
+    assert dataclasses.is_dataclass(params) and not isinstance(params, type)
+    field = next(iter(dataclasses.fields(params)), None)
+    if field is not None:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(params, field.name, getattr(params, field.name))
+
+
+class _Reading:
+    """A target's parameters that remember which of them were read."""
+
+    def __init__(self, params: object) -> None:
+        self._params = params
+        self.read: set[str] = set()
+
+    def __getattr__(self, name: str) -> object:
+        self.read.add(name)
+        return getattr(self._params, name)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_declared_parameter_is_used(name: str) -> None:
+    """A parameter recorded in the store but not read by the computation (chroma's
+    ``tuning`` once was) cannot be declared."""
+    target = REGISTRY[name]()
+    reading = _Reading(target.params)
+    target.params = reading  # type: ignore[misc]  # shadows the class's, on this instance
+    y = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(SR) / SR).astype(np.float32)
+    target(DecodedClip(y, SR, HOP))
+    assert reading.read == {f.name for f in dataclasses.fields(REGISTRY[name].params)}
+
+
+def test_chroma_tuning_is_a_used_parameter() -> None:
+    chroma = REGISTRY["chroma"]
+    assert [f.name for f in dataclasses.fields(chroma.params)] == ["n_fft", "tuning"]
+    y = 0.5 * np.sin(2 * np.pi * 440.0 * np.arange(SR) / SR).astype(np.float32)
+    standard = chroma()(DecodedClip(y, SR, HOP))
+    detuned = chroma()
+    detuned.params = dataclasses.replace(chroma.params, tuning=-0.5)  # type: ignore[misc]
+    shifted = detuned(DecodedClip(y, SR, HOP))
+    assert not np.allclose(shifted, standard)
+
+
+def test_register_refuses_parameters_that_are_not_a_frozen_dataclass() -> None:
+    class Loose(Target):
+        name = "loose"
+        dim = 1
+        library = "numpy"
+        params = {"n_fft": 1024}
+
+    with pytest.raises(TypeError, match="params must be an instance of a frozen dataclass"):
+        register(Loose)
+    assert "loose" not in REGISTRY
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
@@ -167,7 +227,7 @@ def test_resolve_unknown_name_names_it_and_lists_the_known_targets() -> None:
 @pytest.mark.parametrize("n", [16000, 16001, 16159, 16160, 33333])
 def test_every_target_lives_on_the_frame_grid(n: int) -> None:
     y = (0.1 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
-    frames = Frames(y, SR, HOP)
+    frames = DecodedClip(y, SR, HOP)
     assert frames.n_frames == n // HOP
     expected = {"frame": (n // HOP, None), "clip": (1, None), "sample": (n, 1)}
     for name, cls in REGISTRY.items():
@@ -181,7 +241,7 @@ def test_every_target_lives_on_the_frame_grid(n: int) -> None:
 
 def test_frame_t_is_centred_on_sample_t_times_hop() -> None:
     # One click at sample 8000 = 50 * hop: every frame-rate view of it is centred on frame 50.
-    frames = Frames(clicks(2 * SR, [8000]), SR, HOP)
+    frames = DecodedClip(clicks(2 * SR, [8000]), SR, HOP)
     lps = compute("lps", frames)
     energy = lps.mean(axis=1, dtype=np.float64)
     assert int(np.argmax(energy)) == 50
@@ -285,7 +345,7 @@ def test_one_stft_serves_every_target_with_the_same_window(monkeypatch) -> None:
         return real_stft(*args, **kwargs)
 
     monkeypatch.setattr(librosa, "stft", counting_stft)
-    frames = Frames(tone(440.0, seconds=1.0), SR, HOP)
+    frames = DecodedClip(tone(440.0, seconds=1.0), SR, HOP)
     compute("lps", frames)
     compute("fbank", frames)
     assert calls == [1024]
@@ -299,19 +359,19 @@ def test_one_stft_serves_every_target_with_the_same_window(monkeypatch) -> None:
 # --------------------------------------------------------------------------- a 440 Hz tone
 
 
-def test_prosody_f0_of_a_440_hz_tone(a440: Frames) -> None:
+def test_prosody_f0_of_a_440_hz_tone(a440: DecodedClip) -> None:
     out = compute("prosody", a440)
     np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.01)
     assert np.all(out[:, 1] == 1.0)  # voiced everywhere, the edges included
 
 
-def test_chroma_of_a_440_hz_tone_peaks_at_a(a440: Frames) -> None:
+def test_chroma_of_a_440_hz_tone_peaks_at_a(a440: DecodedClip) -> None:
     out = interior(compute("chroma", a440))
     assert np.all(out.argmax(axis=1) == 9)  # bin 0 is C, bin 9 is A
     np.testing.assert_allclose(out[:, 9], 1.0)  # max-normalised per frame
 
 
-def test_hpcp_of_a_440_hz_tone_is_a_alone(a440: Frames) -> None:
+def test_hpcp_of_a_440_hz_tone_is_a_alone(a440: DecodedClip) -> None:
     # essentia's bin 0 is its reference, 440 Hz (A); the target rolls it to bin 9.
     out = interior(compute("hpcp", a440))
     assert np.all(out.argmax(axis=1) == 9)
@@ -319,7 +379,7 @@ def test_hpcp_of_a_440_hz_tone_is_a_alone(a440: Frames) -> None:
     assert np.delete(out, 9, axis=1).max() < 0.05
 
 
-def test_cqt_of_a_440_hz_tone_peaks_at_a4(a440: Frames) -> None:
+def test_cqt_of_a_440_hz_tone_peaks_at_a4(a440: DecodedClip) -> None:
     assert midi_bin_from_c1(440.0) == 45
     out = interior(compute("cqt", a440))
     assert np.all(out.argmax(axis=1) == 45)
@@ -331,7 +391,7 @@ def test_pyin_f0_of_a_440_hz_tone() -> None:
     assert np.all(interior(out[:, 1]) > 0.5)  # voicing probability
 
 
-def test_melody_f0_of_a_440_hz_tone(a440: Frames) -> None:
+def test_melody_f0_of_a_440_hz_tone(a440: DecodedClip) -> None:
     # Melodia tracks a pure tone (checked: it does), so no harmonic complex is needed.
     out = compute("melody", a440)
     np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.02)
@@ -347,7 +407,7 @@ def test_melody_f0_of_a_440_hz_tone(a440: Frames) -> None:
     ids=["A3", "C4", "E4", "G4"],
 )
 def test_single_tones_pitch_class_cqt_bin_and_f0(freq: float, pitch_class: int) -> None:
-    frames = Frames(tone(freq), SR, HOP)
+    frames = DecodedClip(tone(freq), SR, HOP)
     np.testing.assert_allclose(interior(f0_hz(compute("prosody", frames))), freq, rtol=0.01)
     assert np.all(interior(compute("chroma", frames)).argmax(axis=1) == pitch_class)
     assert np.all(interior(compute("hpcp", frames)).argmax(axis=1) == pitch_class)
@@ -355,14 +415,14 @@ def test_single_tones_pitch_class_cqt_bin_and_f0(freq: float, pitch_class: int) 
 
 
 def test_c_major_triad_has_c_e_g_as_its_three_strongest_pitch_classes() -> None:
-    frames = Frames(tone(261.6256, 329.6276, 391.9954), SR, HOP)
+    frames = DecodedClip(tone(261.6256, 329.6276, 391.9954), SR, HOP)
     for name in ("chroma", "hpcp"):
         top3 = np.sort(np.argsort(interior(compute(name, frames)), axis=1)[:, -3:], axis=1)
         assert np.all(top3 == [0, 4, 7]), name
 
 
 def test_harmonic_tone_at_110_hz_has_f0_110_hz() -> None:
-    frames = Frames(harmonic_tone(110.0), SR, HOP)
+    frames = DecodedClip(harmonic_tone(110.0), SR, HOP)
     np.testing.assert_allclose(interior(f0_hz(compute("prosody", frames))), 110.0, rtol=0.01)
     np.testing.assert_allclose(interior(f0_hz(compute("melody", frames))), 110.0, rtol=0.02)
     pyin = compute("pyin", harmonic_tone(110.0, seconds=1.0))
@@ -384,7 +444,7 @@ def test_harmonic_tone_at_110_hz_has_f0_110_hz() -> None:
     ids=["zeros", "noise-80dBFS"],
 )
 def test_silence_and_quiet_noise_are_finite_and_unvoiced(y: np.ndarray) -> None:
-    frames = Frames(y, SR, HOP)
+    frames = DecodedClip(y, SR, HOP)
     for name, cls in REGISTRY.items():
         out = cls()(frames)
         assert np.isfinite(out).all(), name
@@ -394,7 +454,7 @@ def test_silence_and_quiet_noise_are_finite_and_unvoiced(y: np.ndarray) -> None:
 
 
 def test_digital_silence_sits_at_the_declared_floors() -> None:
-    frames = Frames(np.zeros(SR, dtype=np.float32), SR, HOP)
+    frames = DecodedClip(np.zeros(SR, dtype=np.float32), SR, HOP)
     np.testing.assert_allclose(compute("lps", frames), np.log(1e-10))
     np.testing.assert_allclose(compute("fbank", frames), np.log(1e-10))
     np.testing.assert_allclose(compute("prosody", frames)[:, 3], np.log(1e-5), rtol=1e-6)
@@ -406,10 +466,10 @@ def test_digital_silence_sits_at_the_declared_floors() -> None:
 
 
 @pytest.fixture(scope="module")
-def click_train() -> tuple[Frames, np.ndarray]:
+def click_train() -> tuple[DecodedClip, np.ndarray]:
     """8 s of impulses every 0.5 s (120 BPM), the first at 0.5 s."""
     positions = np.arange(SR // 2, 8 * SR, SR // 2)
-    return Frames(clicks(8 * SR, positions), SR, HOP), positions // HOP
+    return DecodedClip(clicks(8 * SR, positions), SR, HOP), positions // HOP
 
 
 def test_onset_strength_peaks_on_the_clicks_and_is_zero_between(click_train) -> None:
@@ -461,7 +521,7 @@ def test_gammatone_rows_peak_at_erb_spaced_centres() -> None:
 
 def test_gtn_long_hears_a_1_khz_tone_in_the_nearest_band() -> None:
     p = REGISTRY["gtn_long"].params
-    centres = erb_space(p["fmin"], 0.9 * SR / 2, p["n_bands"])
+    centres = erb_space(p.fmin, 0.9 * SR / 2, p.n_bands)
     nearest = int(np.argmin(np.abs(centres - 1000.0)))
     out = interior(compute("gtn_long", tone(1000.0)))
     assert np.all(out.argmax(axis=1) == nearest)

@@ -1,4 +1,5 @@
-"""The data path: random aligned crops from memory-mapped feature stores.
+"""The data path: random aligned crops from memory-mapped feature stores, and whole clips
+cut into consecutive crops (for embedding and evaluation).
 
 One crop of ``T`` frames starting at frame ``f`` of a clip pairs with the samples
 ``[f * hop, (f + T) * hop)`` and with rows ``f .. f + T - 1`` of every frame-rate target
@@ -22,8 +23,46 @@ import numpy as np
 import torch
 
 from featurestore.errors import FeatureStoreError
-from featurestore.store import Store, combined_stats, open_stores
-from featurestore.targets.base import TargetSpec
+from featurestore.store import Store, TargetSpec, combined_stats, open_stores
+
+PCM_SCALE = 32768.0
+"""int16 waveform samples divided by this are floats in [-1, 1)."""
+
+
+def crop_bounds(n_frames: int, crop_frames: int) -> list[tuple[int, int]]:
+    """Consecutive crops ``[start, stop)`` in frames covering ``n_frames`` frames.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames of the clip.
+    crop_frames : int
+        Longest crop, in frames (at least 1).
+
+    Returns
+    -------
+    list of (int, int)
+        Full crops of ``crop_frames`` and, when ``n_frames`` is not a multiple, a last
+        shorter crop (always at least one frame). Empty for ``n_frames == 0``.
+    """
+    crop_frames = max(1, int(crop_frames))
+    return [(s, min(s + crop_frames, n_frames)) for s in range(0, n_frames, crop_frames)]
+
+
+def clip_wave(store: Store, i: int) -> np.ndarray:
+    """Clip ``i`` of ``store`` as float32 in [-1, 1], cut to its whole frames
+    (``n_frames * hop`` samples); a clip shorter than one hop is one frame of zeros."""
+    n = int(store.clips["n_frames"][i])
+    if n == 0:
+        return np.zeros(store.hop, dtype=np.float32)
+    return np.asarray(store.waveform_of(i)[: n * store.hop], dtype=np.float32) / PCM_SCALE
+
+
+def clip_crops(store: Store, i: int, crop_frames: int) -> list[np.ndarray]:
+    """Clip ``i`` (:func:`clip_wave`) in consecutive crops of at most ``crop_frames``
+    frames (:func:`crop_bounds`), float32, ``[t * hop]`` each."""
+    wave, hop = clip_wave(store, i), store.hop
+    return [wave[a * hop : b * hop] for a, b in crop_bounds(len(wave) // hop, crop_frames)]
 
 
 class DataError(FeatureStoreError):
@@ -228,7 +267,7 @@ class CropDataset:
             t = move(x)
             return t.float() if t.dtype != torch.float32 else t.clone()
 
-        wave = fresh_float(raw["waveform"]).div_(32768.0)
+        wave = fresh_float(raw["waveform"]).div_(PCM_SCALE)
         targets = {}
         for name in self.target_names:
             mean, std = self._norm[name]

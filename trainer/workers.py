@@ -11,7 +11,7 @@
   and a small MLP tells them apart (binary cross-entropy).
 
 Any name in the registry becomes a worker with no extra code: the head's shape and loss
-are read from the store's :class:`~featurestore.targets.base.TargetSpec`.
+are read from the store's :class:`~featurestore.store.TargetSpec`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featurestore.targets.base import TargetSpec
+from featurestore.store import TargetSpec
 
 CONTRASTIVE = ("lim", "gim")
 

@@ -10,19 +10,33 @@ A family module per kind of feature (:mod:`.spectral`, :mod:`.pitch`, :mod:`.rhy
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import featurestore.jitcache  # noqa: F401 - makes numba's on-disk cache process-safe
 from featurestore.errors import FeatureStoreError
-from featurestore.targets.base import Frames, Target, TargetSpec, deltas, fit_frames
+from featurestore.targets.base import DecodedClip, NoParams, Target, deltas, fit_frames
 
 REGISTRY: dict[str, type[Target]] = {}
 
 
 def register(cls: type[Target]) -> type[Target]:
-    """Class decorator: add a :class:`Target` subclass to :data:`REGISTRY`."""
+    """Class decorator: add a :class:`Target` subclass to :data:`REGISTRY`.
+
+    Raises
+    ------
+    ValueError
+        The name is taken.
+    TypeError
+        ``cls.params`` is not an instance of a frozen dataclass.
+    """
     if cls.name in REGISTRY:
         raise ValueError(f"target {cls.name!r} is declared twice")
+    params = cls.params
+    if (not dataclasses.is_dataclass(params) or isinstance(params, type)
+            or not type(params).__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"target {cls.name!r}: params must be an instance of a frozen "
+                        f"dataclass, got {params!r}")
     REGISTRY[cls.name] = cls
     return cls
 
@@ -60,6 +74,6 @@ for _family in FAMILIES:
     importlib.import_module(f"featurestore.targets.{_family}")
 
 __all__ = [
-    "FAMILIES", "REGISTRY", "Frames", "Target", "TargetSpec", "deltas", "fit_frames", "register",
-    "resolve",
+    "FAMILIES", "REGISTRY", "DecodedClip", "NoParams", "Target", "deltas",
+    "fit_frames", "register", "resolve",
 ]

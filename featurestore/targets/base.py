@@ -1,5 +1,6 @@
-"""The target interface: a declaration (name, dims, rate, library, parameters) plus one
-``compute`` method, and :class:`Frames`, the decoded clip with shared intermediates.
+"""The target interface: a declaration (name, dims, rate, library, typed parameters) plus
+one ``compute`` method, and :class:`DecodedClip`, a decoded clip with its memo of shared
+intermediates.
 
 Every frame-level target lives on one grid: a clip of ``n`` samples has ``n // hop``
 frames, frame ``t`` describing the window centred on sample ``t * hop``. Libraries that
@@ -9,22 +10,20 @@ nowhere else.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import warnings
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
-Rate = Literal["frame", "clip", "sample"]
-Loss = Literal["l1", "mse"]
+from featurestore.store import Loss, Rate, TargetSpec
 
 
-class Frames:
+class DecodedClip:
     """A decoded clip and a memo of intermediates shared between targets.
 
-    Targets ask for intermediates with their own parameters (``frames.magnitude(1024)``);
+    Targets ask for intermediates with their own parameters (``clip.magnitude(1024)``);
     equal requests are computed once per clip, so ten targets on one STFT cost one STFT.
 
     Parameters
@@ -152,10 +151,17 @@ def deltas(x: np.ndarray, order: int) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """The parameters of a target that has none."""
+
+
 class Target:
     """A worker target, declared once.
 
-    Subclasses set the class attributes and implement :meth:`compute`. Everything else
+    Subclasses set the class attributes and implement :meth:`compute`; their parameters
+    are an instance of a frozen dataclass (``params = Params()``, with ``Params`` declared
+    in the class), every field of which the computation reads. Everything else
     (extraction, the store schema, ``featurestore targets``, the trainer's worker heads)
     reads the declaration.
 
@@ -173,8 +179,9 @@ class Target:
         The regression loss a worker head uses on it.
     dtype : str
         Storage dtype in the store (computation is float32).
-    params : dict
-        Parameters of the computation; recorded in the store with the values.
+    params : frozen dataclass instance
+        Parameters of the computation; recorded in the store with the values (the spec's
+        ``params``, hence the partition hash, derive from it).
     deltas : int
         0, 1 or 2: how many orders of time differences :meth:`__call__` appends.
     default : bool
@@ -189,17 +196,17 @@ class Target:
     library: ClassVar[str]
     loss: ClassVar[Loss] = "l1"
     dtype: ClassVar[str] = "float16"
-    params: ClassVar[dict[str, Any]] = {}
+    params: ClassVar[Any] = NoParams()
     deltas: ClassVar[int] = 0
     default: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, clip: DecodedClip) -> np.ndarray:
         """Return the target, shape (n_frames, dim // (1 + deltas)) for frame rate,
         (base_dim,) for clip rate; any float dtype. Must be finite for any input."""
         raise NotImplementedError
 
-    def __call__(self, frames: Frames) -> np.ndarray:
+    def __call__(self, clip: DecodedClip) -> np.ndarray:
         """Compute, fit to the frame grid, append deltas, check; float32 out.
 
         Returns
@@ -208,9 +215,9 @@ class Target:
             float32, shape (n_frames, dim) for frame-rate targets, (1, dim) for clip rate,
             (n_samples, 1) for sample rate.
         """
-        out = np.asarray(self.compute(frames), dtype=np.float32)
+        out = np.asarray(self.compute(clip), dtype=np.float32)
         if self.rate == "frame":
-            out = deltas(fit_frames(out.reshape(out.shape[0], -1), frames.n_frames), self.deltas)
+            out = deltas(fit_frames(out.reshape(out.shape[0], -1), clip.n_frames), self.deltas)
         elif self.rate == "sample":
             out = out.reshape(-1, 1)
         else:
@@ -224,34 +231,10 @@ class Target:
         return out.astype(np.float32, copy=False)
 
     @classmethod
-    def spec(cls) -> dict[str, Any]:
-        """The declaration as plain data (stored as JSON with the values)."""
-        return {
-            "name": cls.name, "dim": cls.dim, "rate": cls.rate, "library": cls.library,
-            "loss": cls.loss, "dtype": cls.dtype, "params": dict(cls.params), "deltas": cls.deltas,
-            "default": cls.default, "description": cls.description,
-        }
-
-    @classmethod
-    def spec_json(cls) -> str:
-        return json.dumps(cls.spec(), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """A declaration read back from a store: what a reader needs, with no compute code."""
-
-    name: str
-    dim: int
-    rate: Rate
-    library: str
-    loss: Loss
-    dtype: str
-    params: dict[str, Any]
-    deltas: int
-    description: str = ""
-    default: bool = False
-
-    @classmethod
-    def from_json(cls, text: str) -> TargetSpec:
-        return cls(**json.loads(text))
+    def spec(cls) -> TargetSpec:
+        """The declaration, as stored with the values."""
+        return TargetSpec(
+            name=cls.name, dim=cls.dim, rate=cls.rate, library=cls.library, loss=cls.loss,
+            dtype=cls.dtype, params=dataclasses.asdict(cls.params), deltas=cls.deltas,
+            description=cls.description, default=cls.default,
+        )

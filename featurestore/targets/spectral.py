@@ -1,14 +1,16 @@
 """Spectral targets: waveform, log power spectrum, log-mel, MFCC, gammatone, contrast, CQT.
 
-All share the clip's STFT through :class:`~featurestore.targets.base.Frames`.
+All share the clip's STFT through :class:`~featurestore.targets.base.DecodedClip`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from featurestore.targets import register
-from featurestore.targets.base import Frames, Target
+from featurestore.targets.base import DecodedClip, Target
 
 EPS = 1e-10
 
@@ -23,8 +25,8 @@ class Waveform(Target):
     default = True
     description = "the clip itself (encoder input and waveform-decoder target), int16 PCM"
 
-    def compute(self, frames: Frames) -> np.ndarray:
-        return frames.y
+    def compute(self, clip: DecodedClip) -> np.ndarray:
+        return clip.y
 
 
 @register
@@ -32,12 +34,16 @@ class LogPowerSpectrum(Target):
     name = "lps"
     dim = 513
     library = "librosa"
-    params = {"n_fft": 1024}
+    @dataclass(frozen=True)
+    class Params:
+        n_fft: int = 1024
+
+    params = Params()
     default = True
     description = "log power spectrum, natural log of |STFT|^2 + 1e-10, Hann window n_fft"
 
-    def compute(self, frames: Frames) -> np.ndarray:
-        return np.log(frames.power(self.params["n_fft"]) + EPS).T
+    def compute(self, clip: DecodedClip) -> np.ndarray:
+        return np.log(clip.power(self.params.n_fft) + EPS).T
 
 
 @register
@@ -45,13 +51,20 @@ class LogMel(Target):
     name = "fbank"
     dim = 80
     library = "librosa"
-    params = {"n_fft": 1024, "n_mels": 80, "fmin": 0.0, "fmax": None}
+    @dataclass(frozen=True)
+    class Params:
+        n_fft: int = 1024
+        n_mels: int = 80
+        fmin: float = 0.0  # Hz
+        fmax: float | None = None  # Hz; None: the Nyquist frequency
+
+    params = Params()
     default = True
     description = "log mel filterbank energies (Slaney mel scale), natural log + 1e-10"
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, clip: DecodedClip) -> np.ndarray:
         p = self.params
-        return np.log(frames.mel_power(p["n_fft"], p["n_mels"], p["fmin"], p["fmax"]) + EPS).T
+        return np.log(clip.mel_power(p.n_fft, p.n_mels, p.fmin, p.fmax) + EPS).T
 
 
 @register
@@ -59,17 +72,23 @@ class MFCC(Target):
     name = "mfcc"
     dim = 60
     library = "librosa"
-    params = {"n_fft": 1024, "n_mels": 80, "n_mfcc": 20}
+    @dataclass(frozen=True)
+    class Params:
+        n_fft: int = 1024
+        n_mels: int = 80
+        n_mfcc: int = 20
+
+    params = Params()
     deltas = 2
     default = True
     description = "MFCC (DCT-II of the dB log-mel) with first and second deltas"
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, clip: DecodedClip) -> np.ndarray:
         import librosa
 
         p = self.params
-        mel_db = librosa.power_to_db(frames.mel_power(p["n_fft"], p["n_mels"], 0.0, None))
-        return librosa.feature.mfcc(S=mel_db, n_mfcc=p["n_mfcc"]).T
+        mel_db = librosa.power_to_db(clip.mel_power(p.n_fft, p.n_mels, 0.0, None))
+        return librosa.feature.mfcc(S=mel_db, n_mfcc=p.n_mfcc).T
 
 
 def erb_space(fmin: float, fmax: float, n: int) -> np.ndarray:
@@ -103,19 +122,25 @@ class GammatoneLong(Target):
     name = "gtn_long"
     dim = 40
     library = "numpy"
-    params = {"n_fft": 2048, "n_bands": 40, "fmin": 100.0}
+    @dataclass(frozen=True)
+    class Params:
+        n_fft: int = 2048
+        n_bands: int = 40
+        fmin: float = 100.0  # Hz
+
+    params = Params()
     description = (
         "long-context gammatone filterbank: 40 ERB-spaced 4th-order gammatone responses "
         "applied to a 2048-sample STFT magnitude, log"
     )
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, clip: DecodedClip) -> np.ndarray:
         p = self.params
-        w = frames.memo(
-            ("gammatone", frames.sample_rate, p["n_fft"], p["n_bands"], p["fmin"]),
-            lambda: gammatone_weights(frames.sample_rate, p["n_fft"], p["n_bands"], p["fmin"]),
+        w = clip.memo(
+            ("gammatone", clip.sample_rate, p.n_fft, p.n_bands, p.fmin),
+            lambda: gammatone_weights(clip.sample_rate, p.n_fft, p.n_bands, p.fmin),
         )
-        return np.log(w @ frames.magnitude(p["n_fft"]) + 1e-6).T
+        return np.log(w @ clip.magnitude(p.n_fft) + 1e-6).T
 
 
 @register
@@ -123,17 +148,22 @@ class SpectralContrast(Target):
     name = "contrast"
     dim = 7
     library = "librosa"
-    params = {"n_fft": 1024, "n_bands": 6, "fmin": 100.0}
+    @dataclass(frozen=True)
+    class Params:
+        n_fft: int = 1024
+        n_bands: int = 6
+        fmin: float = 100.0  # Hz
+
+    params = Params()
     default = True
     description = "spectral contrast (peak-valley in dB) in 6 octave bands from 100 Hz + one"
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, clip: DecodedClip) -> np.ndarray:
         import librosa
 
         p = self.params
         return librosa.feature.spectral_contrast(
-            S=frames.magnitude(p["n_fft"]), sr=frames.sample_rate, n_bands=p["n_bands"],
-            fmin=p["fmin"],
+            S=clip.magnitude(p.n_fft), sr=clip.sample_rate, n_bands=p.n_bands, fmin=p.fmin,
         ).T
 
 
@@ -142,10 +172,16 @@ class ConstantQ(Target):
     name = "cqt"
     dim = 84
     library = "librosa"
-    params = {"n_bins": 84, "bins_per_octave": 12, "fmin": 32.703195662574764}
+    @dataclass(frozen=True)
+    class Params:
+        n_bins: int = 84
+        bins_per_octave: int = 12
+        fmin: float = 32.703195662574764  # Hz (C1)
+
+    params = Params()
     default = True
     description = "log constant-Q magnitude, 7 octaves from C1 (32.7 Hz), 12 bins per octave"
 
-    def compute(self, frames: Frames) -> np.ndarray:
+    def compute(self, clip: DecodedClip) -> np.ndarray:
         p = self.params
-        return np.log(frames.cqt(p["n_bins"], p["bins_per_octave"], p["fmin"]) + 1e-6).T
+        return np.log(clip.cqt(p.n_bins, p.bins_per_octave, p.fmin) + 1e-6).T
