@@ -35,4 +35,4 @@ devset: install
 	$(PYTHON) benchmarks/devset.py data/dev
 	featurestore build data/dev/pool.csv -o stores/dev/pool.h5 --targets default,gtn_long,tonnetz
 	featurestore build data/dev/instruments.csv -o stores/dev/instruments.h5
-	featurestore build data/dev/composers.csv -o stores/dev/composers.h5
+	featurestore build data/dev/composers.csv -o stores/dev/composers.h5 --targets default,gtn_long,tonnetz

@@ -49,7 +49,7 @@ from benchlib import HOP, SAMPLE_RATE, table
 WORK = benchlib.CACHE / "data_path"
 BATCH = 128
 CROP_FRAMES = 200
-GPU_AUDIO_SECONDS = 7000.0  # DESIGN.md: one H100, PASE+-like encoder, 9 workers, bf16
+GPU_AUDIO_SECONDS = 7000.0  # planning notes: one H100, PASE+-like encoder, 9 workers, bf16
 GPU_GBPS = 2.5
 
 
@@ -99,7 +99,7 @@ def ensure_store(minutes: float, files: list[str] | None, rebuild: bool) -> Path
     print(f"building {store} from {folder} (default targets, 2 workers) ...", flush=True)
     t0 = time.perf_counter()
     subprocess.run(["featurestore", "build", str(folder), "-o", str(store), "--layout",
-                    "folder", "--workers", "2", "--quiet"], check=True)
+                    "folder", "--processes", "2", "--quiet"], check=True)
     print(f"built in {time.perf_counter() - t0:.0f} s", flush=True)
     return store
 
@@ -470,9 +470,9 @@ def main() -> None:
     need = GPU_AUDIO_SECONDS / audio_seconds
     lines.append("")
     lines.append(
-        f"GPU target (DESIGN.md, H100): {GPU_AUDIO_SECONDS:,.0f} audio-s/s = {need:.1f} "
+        f"GPU target (planning notes, H100): {GPU_AUDIO_SECONDS:,.0f} audio-s/s = {need:.1f} "
         f"batches/s = {1000 / need:.1f} ms per batch, {need * raw_bytes / 1e9:.2f} GB/s of "
-        f"this store's batches ({GPU_GBPS} GB/s at DESIGN.md's 1,600 dims). One core's "
+        f"this store's batches ({GPU_GBPS} GB/s at the planning notes' 1,600 dims). One core's "
         f"memmap gather: {gather_cpu:.1f} ms CPU per batch = "
         f"{100 * gather_cpu * need / 1000:.0f}% of one core at that rate.")
     lines.append(f"Load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -15,7 +15,7 @@ metadata; see ``featurestore.sources.csv_layout``):
     composer task is ever rendered into the pool.
 ``instruments.csv``
     Single notes and short phrases (2-4 s) of 44 General-MIDI programs, labelled by
-    NSynth-style family (11 families x 4 programs, ``featurestore.demo.FAMILIES``).
+    NSynth-style family (11 families x 4 programs, ``featurestore.corpus.synth.FAMILIES``).
     ``group`` is ``soundfont:program``. Train and valid are rendered by the *train*
     soundfonts (FluidR3_GM and TimGM6mb), test by the *test* soundfont (MuseScore
     General): the probe must carry a family over to an unseen synthesiser. Within the
@@ -23,7 +23,7 @@ metadata; see ``featurestore.sources.csv_layout``):
 ``composers.csv``
     Excerpts (9-11 s, starting on a bar line) of music21 scores, labelled by composer
     or style (bach, palestrina, monteverdi, trecento, mozart, beethoven), played by an
-    ensemble (``featurestore.demo.ENSEMBLES``) and a soundfont drawn per excerpt.
+    ensemble (``featurestore.corpus.synth.ENSEMBLES``) and a soundfont drawn per excerpt.
     ``group`` is the *work* (a mass, a quartet, a cantata as a whole): splits are by
     work, about 20 % of a composer's works ``test``, 15 % ``valid``, the rest ``train``.
 
@@ -45,7 +45,8 @@ dpkg versions), the synthesiser, the seed and the wall time.
 Deterministic given ``--seed``: every random choice comes from streams derived from the
 seed; the manifests are identical byte for byte across runs. A rerun into the same
 ``OUT_DIR`` reuses every WAV that is already there (and the parsed scores cached in
-``OUT_DIR/.cache``); a rerun with another seed or configuration into the same folder is
+``OUT_DIR/.cache``); a rerun with another seed, configuration or score parser
+(:data:`featurestore.corpus.scores.PARSER_VERSION`) into the same folder is
 refused.
 
 Nothing is downloaded: the data come from Debian packages, found with ``dpkg``::
@@ -63,7 +64,6 @@ import argparse
 import csv
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -71,24 +71,43 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featurestore.demo import ENSEMBLES, FAMILIES, Note, Program
+from featurestore.corpus.render import (
+    Clip,
+    Note,
+    Renderer,
+    RenderError,
+    bundled_soundfont_path,
+    finish,
+    render_fluidsynth,
+)
+from featurestore.corpus.scores import (
+    PARSER_VERSION,
+    Score,
+    corpus_dir,
+    ensemble_programs,
+    excerpt_starts,
+    part_channel,
+    score_notes,
+)
+from featurestore.corpus.scores import parse_score as read_corpus_score
+from featurestore.corpus.synth import (
+    ENSEMBLES,
+    FAMILIES,
+    Program,
+    instrument_notes,
+    melodic_programs,
+)
 
 SAMPLE_RATE = 16000
-PEAK = 10.0 ** (-3.0 / 20.0)
 MIN_RAW_PEAK = 1e-4
-FADE_IN_S = 0.005
-FADE_OUT_S = 0.02
-DRUM_CHANNEL = 9
 BASE_COLUMNS = ("path", "label", "split", "group", "id")
 AUDIO_EXTENSIONS = (".ogg", ".oga", ".flac", ".wav", ".mp3", ".opus", ".it", ".mod", ".s3m", ".xm")
 SCORE_EXTENSIONS = (".mxl", ".xml", ".musicxml", ".krn")
@@ -131,8 +150,6 @@ COMPOSER_QPM: dict[str, float] = {
 }
 """Tempo (quarter notes per minute) of scores without a metronome mark."""
 
-_MAJOR = (0, 2, 4, 5, 7, 9, 11)
-_MINOR = (0, 2, 3, 5, 7, 8, 10)
 _INSTRUMENTS, _COMPOSERS, _POOL = 11, 12, 13
 
 
@@ -212,9 +229,14 @@ class Config:
     packages: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """A digest of everything that decides the output (not the package versions)."""
+        """A digest of everything that decides the output (not the package versions).
+
+        It includes the score parser's version: the same configuration parsed by another
+        parser gives other notes, other random draws after them, and other WAVs.
+        """
         data = asdict(self)
         data.pop("packages")
+        data["score_parser"] = PARSER_VERSION
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -254,8 +276,7 @@ def dpkg_files(package: str) -> list[str]:
 
 def bundled_soundfont() -> Soundfont:
     """pretty_midi's bundled ``TimGM6mb.sf2`` (pip only; no apt package needed)."""
-    path = resources.files("pretty_midi").joinpath("TimGM6mb.sf2")
-    return Soundfont("timgm6mb", str(path), "pretty_midi")
+    return Soundfont("timgm6mb", str(bundled_soundfont_path()), "pretty_midi")
 
 
 def _find_file(package: str, suffix: str) -> str | None:
@@ -317,131 +338,10 @@ def default_config(seed: int = 0, **overrides: Any) -> Config:
 
 # --------------------------------------------------------------------------- rendering
 @dataclass(frozen=True)
-class Job:
-    """One clip to render: note events on channels, a program per channel."""
+class Job(Clip):
+    """One clip to render (:class:`~featurestore.corpus.render.Clip`) and its WAV path."""
 
     rel: str
-    notes: tuple[Note, ...]
-    programs: tuple[tuple[int, int | None], ...]
-    seconds: float
-
-
-def _finish(audio: np.ndarray, sample_rate: int) -> np.ndarray | None:
-    """Fade, peak-normalise to -3 dBFS and quantise to int16; None if silent."""
-    audio = np.asarray(audio, dtype=np.float64).copy()
-    if not audio.size or float(np.max(np.abs(audio))) < MIN_RAW_PEAK:
-        return None
-    n_in = min(audio.size, round(FADE_IN_S * sample_rate))
-    n_out = min(audio.size, round(FADE_OUT_S * sample_rate))
-    audio[:n_in] *= np.linspace(0.0, 1.0, n_in, endpoint=False)
-    audio[audio.size - n_out :] *= np.linspace(1.0, 0.0, n_out)
-    peak = float(np.max(np.abs(audio)))
-    if not math.isfinite(peak) or peak < MIN_RAW_PEAK:
-        return None
-    return np.round(audio * (PEAK / peak * 32767.0)).astype(np.int16)
-
-
-def _midi_messages(jobs: Sequence[Job], ticks_per_second: int) -> tuple[list[Any], list[float]]:
-    """All jobs in one MIDI track, each in its own slot; returns (messages, slot starts)."""
-    import mido
-
-    events: list[tuple[int, int, Any]] = []
-    starts: list[float] = []
-    t = 1.0
-    for job in jobs:
-        starts.append(t)
-        base = round(t * ticks_per_second)
-        end = base + round(job.seconds * ticks_per_second)
-        for channel in range(16):
-            events.append((base, 0, mido.Message("control_change", channel=channel, control=121)))
-        for channel, program in job.programs:
-            if program is not None and channel != DRUM_CHANNEL:
-                events.append(
-                    (base, 1, mido.Message("program_change", channel=channel, program=program))
-                )
-        for note in job.notes:
-            on = base + round(note.start * ticks_per_second)
-            off = min(base + round(note.end * ticks_per_second), end)
-            if off <= on:
-                continue
-            velocity = int(min(127, max(1, note.velocity)))
-            ch, key = note.channel, note.key
-            events.append((on, 3, mido.Message("note_on", channel=ch, note=key, velocity=velocity)))
-            events.append((off, 2, mido.Message("note_off", channel=ch, note=key)))
-        for channel in range(16):
-            events.append((end, 4, mido.Message("control_change", channel=channel, control=120)))
-            events.append((end, 4, mido.Message("control_change", channel=channel, control=123)))
-        t += math.ceil(job.seconds + 0.75)
-    events.sort(key=lambda e: (e[0], e[1]))
-    messages = []
-    last = 0
-    for tick, _, message in events:
-        messages.append(message.copy(time=tick - last))
-        last = tick
-    return messages, starts
-
-
-def render_fluidsynth(
-    soundfont: Soundfont, jobs: Sequence[Job], sample_rate: int, workdir: Path
-) -> tuple[list[Path], Callable[[], list[np.ndarray]]]:
-    """Start fluidsynth on all jobs of one soundfont; return a function that collects.
-
-    The jobs are laid out one after another in one MIDI file (every clip in a slot of
-    whole seconds, controllers reset at its start and every channel silenced at its
-    end; reverb and chorus off), rendered offline in one process, and cut apart.
-
-    Parameters
-    ----------
-    soundfont : Soundfont
-        The soundfont (``.sf2`` or ``.sf3``).
-    jobs : sequence of Job
-        Clips to render.
-    sample_rate : int
-        Output sample rate.
-    workdir : Path
-        Folder for the temporary MIDI and WAV files.
-
-    Returns
-    -------
-    (list of Path, callable)
-        The temporary files, and a function that waits for the process and returns one
-        float64 mono signal per job.
-    """
-    import mido
-
-    tps = 960  # 480 ticks per beat at the default 120 beats per minute
-    messages, starts = _midi_messages(jobs, tps)
-    midi = mido.MidiFile(ticks_per_beat=480)
-    midi.tracks.append(mido.MidiTrack(messages))
-    mid_path = workdir / f"{soundfont.name}.mid"
-    wav_path = workdir / f"{soundfont.name}.wav"
-    midi.save(str(mid_path))
-    command = [
-        "fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.5",
-        "-o", "synth.dynamic-sample-loading=1", "-O", "float", "-T", "wav",
-        "-F", str(wav_path), "-r", str(sample_rate), soundfont.path, str(mid_path),
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def collect() -> list[np.ndarray]:
-        import soundfile
-
-        _, err = proc.communicate()
-        if proc.returncode != 0 or not wav_path.is_file():
-            raise DevsetError(f"fluidsynth failed on {soundfont.path}: {err.decode()[-500:]}")
-        audio, rate = soundfile.read(str(wav_path), dtype="float64", always_2d=True)
-        if rate != sample_rate:
-            raise DevsetError(f"fluidsynth wrote {rate} Hz, asked for {sample_rate}")
-        mono = audio.mean(axis=1)
-        out = []
-        for job, start in zip(jobs, starts, strict=True):
-            a = round(start * sample_rate)
-            n = round(job.seconds * sample_rate)
-            piece = mono[a : a + n]
-            out.append(np.pad(piece, (0, n - piece.size)))
-        return out
-
-    return [mid_path, wav_path], collect
 
 
 def render_tinysoundfont(
@@ -463,41 +363,8 @@ def render_tinysoundfont(
     list of numpy.ndarray
         One float64 mono signal per job.
     """
-    import tinysoundfont
-
-    sf2 = Path(soundfont.path).read_bytes()
-    out = []
-    for job in jobs:
-        n_samples = round(job.seconds * sample_rate)
-        synth = tinysoundfont.Synth(samplerate=sample_rate)
-        sfid = synth.sfload(sf2)
-        for channel, program in job.programs:
-            if program is None:
-                synth.program_select(channel, sfid, 128, 0, True)
-            else:
-                synth.program_select(channel, sfid, 0, program)
-        actions = []
-        for note in job.notes:
-            on = round(note.start * sample_rate)
-            off = min(round(note.end * sample_rate), n_samples)
-            if on < n_samples and off > on:
-                velocity = int(min(127, max(1, note.velocity)))
-                actions.append((on, 1, note.channel, note.key, velocity))
-                actions.append((off, 0, note.channel, note.key, 0))
-        actions.sort()
-        audio = np.zeros((n_samples, 2), dtype=np.float32)
-        pos = 0
-        for sample, is_on, channel, key, velocity in [*actions, (n_samples, -1, 0, 0, 0)]:
-            if sample > pos:
-                block = np.frombuffer(synth.generate(sample - pos), dtype=np.float32)
-                audio[pos:sample] = block.reshape(-1, 2)[: sample - pos]
-                pos = sample
-            if is_on == 1:
-                synth.noteon(channel, key, velocity)
-            elif is_on == 0:
-                synth.noteoff(channel, key)
-        out.append(audio.mean(axis=1, dtype=np.float64))
-    return out
+    renderer = Renderer(sample_rate, soundfont.path)
+    return [renderer.render_clip(job) for job in jobs]
 
 
 def _synth_name(config: Config) -> str:
@@ -526,7 +393,7 @@ def render_missing(
     Raises
     ------
     DevsetError
-        A render came out silent.
+        fluidsynth failed, or a render came out silent.
     """
     import soundfile
 
@@ -542,16 +409,19 @@ def render_missing(
             collectors = {}
             for name, jobs in todo.items():  # the processes run in parallel
                 _, collectors[name] = render_fluidsynth(
-                    soundfonts[name], jobs, config.sample_rate, Path(tmp)
+                    soundfonts[name].path, jobs, config.sample_rate, Path(tmp), name
                 )
             for name, collect in collectors.items():
-                results[name] = collect()
+                try:
+                    results[name] = collect()
+                except RenderError as exc:
+                    raise DevsetError(str(exc)) from None
         else:
             for name, jobs in todo.items():
                 results[name] = render_tinysoundfont(soundfonts[name], jobs, config.sample_rate)
     for name, jobs in todo.items():
         for job, audio in zip(jobs, results[name], strict=True):
-            pcm = _finish(audio, config.sample_rate)
+            pcm = finish(audio, config.sample_rate, min_peak=MIN_RAW_PEAK)
             if pcm is None:
                 raise DevsetError(f"{job.rel}: silent render with {name}")
             path = out_dir / job.rel
@@ -563,13 +433,6 @@ def render_missing(
 
 
 # --------------------------------------------------------------------------- scores
-def corpus_dir() -> Path:
-    """music21's bundled corpus folder."""
-    import music21
-
-    return Path(music21.__file__).parent / "corpus"
-
-
 def work_id(source: str) -> str:
     """The work a corpus file belongs to: what no two splits (nor pool and task) share.
 
@@ -617,142 +480,48 @@ def corpus_scores(folders: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
-@dataclass
-class Score:
-    """A parsed score: note events in quarter notes."""
-
-    events: list[tuple[float, float, int, int]]  # start_q, end_q, key, part
-    n_parts: int
-    bar_starts: list[float]
-    length_q: float
-    qpm: float | None
-
-
 def parse_score(source: str, cache_dir: Path | None = None) -> Score | None:
-    """Parse a corpus file into note events (ties merged); None when it cannot be used.
+    """Parse a corpus file into note events (music21 joins tied notes); None if unusable.
 
     Parameters
     ----------
     source : str
         Path inside music21's corpus folder.
     cache_dir : Path, optional
-        Folder where the events are cached as JSON (keyed on the source and music21's
-        version), so that a rerun parses nothing.
+        Folder where the events are cached as JSON (keyed on the source, music21's
+        version and the parser's version), so that a rerun parses nothing.
 
     Returns
     -------
     Score or None
+        None when music21 cannot read the file or it has no notes.
     """
     import music21
 
     cache = None
     if cache_dir is not None:
-        key = hashlib.sha1(f"{music21.__version__}:{source}".encode()).hexdigest()[:20]
-        cache = cache_dir / f"{key}.json"
+        key = f"{music21.__version__}:{PARSER_VERSION}:{source}"
+        cache = cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.json"
         if cache.is_file():
             data = json.loads(cache.read_text())
-            return None if data is None else Score(**data)
-    score = _parse(source)
+            return None if data is None else Score.from_json(data)
+    try:
+        score: Score | None = read_corpus_score(source)
+    except Exception:  # noqa: BLE001 - music21 raises many types on odd files
+        score = None
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(None if score is None else asdict(score)))
     return score
 
 
-def _parse(source: str) -> Score | None:
-    import music21
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            parsed = music21.converter.parse(str(corpus_dir() / source), forceSource=True)
-            if isinstance(parsed, music21.stream.Opus):
-                parsed = parsed.scores[0]
-            parts = list(parsed.parts) or [parsed]
-            events: list[tuple[float, float, int, int]] = []
-            for index, part in enumerate(parts[:15]):
-                open_ties: dict[int, int] = {}
-                for element in part.flatten().notes:
-                    start = float(element.offset)
-                    length = float(element.duration.quarterLength)
-                    if length <= 0.0:
-                        continue
-                    for member in element.notes if element.isChord else [element]:
-                        if not hasattr(member, "pitch"):
-                            continue
-                        key = int(member.pitch.midi)
-                        tie = member.tie if member.tie is not None else element.tie
-                        kind = tie.type if tie is not None else None
-                        held = open_ties.pop(key, None)
-                        if held is not None and kind in ("stop", "continue"):
-                            s, _, k, p = events[held]
-                            events[held] = (s, start + length, k, p)
-                            at = held
-                        else:
-                            events.append((start, start + length, key, index))
-                            at = len(events) - 1
-                        if kind in ("start", "continue"):
-                            open_ties[key] = at
-            bars = sorted(
-                {float(m.getOffsetBySite(parts[0])) for m in parts[0].getElementsByClass("Measure")}
-            )
-            qpm = None
-            for mark in parsed.flatten().getElementsByClass("MetronomeMark"):
-                if mark.number is not None:
-                    qpm = float(mark.getQuarterBPM())
-                    break
-        except Exception:  # noqa: BLE001 - music21 raises many types on odd files
-            return None
-    events = [e for e in events if 0 < e[2] < 128]
-    if not events:
-        return None
-    length_q = max(e[1] for e in events)
-    return Score(sorted(events), min(len(parts), 15), bars or [0.0], length_q, qpm)
-
-
-def _channel(part: int) -> int:
-    return part if part < DRUM_CHANNEL else part + 1
-
-
-def _ensemble(name: str, score: Score) -> dict[int, int | None]:
-    """Programs of an ensemble by register: the highest part gets the top instrument."""
-    top, inner, bottom = ENSEMBLES[name]
-    keys: dict[int, list[int]] = defaultdict(list)
-    for _, _, key, part in score.events:
-        keys[part].append(key)
-    order = sorted(range(score.n_parts), key=lambda p: (-float(np.mean(keys[p] or [0])), p))
-    programs: dict[int, int | None] = {}
-    for rank, part in enumerate(order):
-        programs[part] = top if rank == 0 else bottom if rank == len(order) - 1 else inner
-    return programs
-
-
-def _score_notes(
-    score: Score, start_q: float, qpm: float, seconds: float, rng: np.random.Generator
-) -> tuple[Note, ...]:
-    sec_per_q = 60.0 / qpm
-    base = {p: int(rng.integers(70, 101)) for p in range(score.n_parts)}
-    notes = []
-    for s, e, key, part in score.events:
-        if s < start_q:
-            continue
-        t0 = (s - start_q) * sec_per_q
-        if t0 >= seconds:
-            break
-        velocity = base[part] + int(rng.integers(-8, 9))
-        notes.append(
-            Note(t0, min((e - start_q) * sec_per_q, seconds), key, velocity, _channel(part))
-        )
-    return tuple(notes)
-
-
 def _score_job(
     rel: str, score: Score, start_q: float, qpm: float, seconds: float,
     programs: dict[int, int | None], rng: np.random.Generator,
 ) -> Job:  # fmt: skip
-    notes = _score_notes(score, start_q, qpm, seconds, rng)
-    channels = tuple(sorted((_channel(p), prog) for p, prog in programs.items()))
-    return Job(rel, notes, channels, seconds)
+    notes = tuple(score_notes(score, start_q, qpm, seconds, rng))
+    channels = tuple(sorted((part_channel(p), prog) for p, prog in programs.items()))
+    return Job(notes=notes, programs=channels, seconds=seconds, rel=rel)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -800,25 +569,7 @@ def _instrument_notes(
     """A note or a phrase of 2-4 s for ``program``."""
     seconds = round(float(rng.uniform(*INSTRUMENT_SECONDS)), 2)
     velocity = int(rng.integers(60, 121))
-    if kind == "note":
-        key = int(rng.integers(program.low, program.high + 1))
-        hold = seconds * float(rng.uniform(0.55, 0.8))
-        return (Note(0.0, hold, key, velocity, 0),), seconds
-    steps = _MAJOR if rng.random() < 0.5 else _MINOR
-    n_notes = int(rng.integers(3, 9))
-    tonic = int(rng.integers(program.low, max(program.low, program.high - 12) + 1))
-    keys = [tonic + 12 * o + s for o in range(-2, 4) for s in steps]
-    keys = [k for k in keys if program.low <= k <= program.high]
-    index = keys.index(tonic)
-    step = 0.85 * seconds / n_notes
-    legato = float(rng.uniform(0.6, 0.95))
-    notes = []
-    for i in range(n_notes):
-        if i:
-            index = int(np.clip(index + rng.choice([-2, -1, 1, 1, 2]), 0, len(keys) - 1))
-        vel = int(np.clip(velocity + rng.integers(-10, 11), 1, 127))
-        notes.append(Note(i * step, i * step + legato * step, keys[index], vel, 0))
-    return tuple(notes), seconds
+    return tuple(instrument_notes(kind, program, seconds, velocity, rng)), seconds
 
 
 def plan_instruments(config: Config) -> tuple[list[dict[str, str]], dict[str, list[Job]]]:
@@ -849,7 +600,9 @@ def plan_instruments(config: Config) -> tuple[list[dict[str, str]], dict[str, li
                     notes, seconds = _instrument_notes(kind, program, rng)
                     clip_id = f"instruments/{soundfont.name}-{family}-{program.name}-{j:02d}"
                     rel = f"{clip_id}.wav"
-                    jobs[soundfont.name].append(Job(rel, notes, ((0, program.number),), seconds))
+                    jobs[soundfont.name].append(
+                        Job(notes=notes, programs=((0, program.number),), seconds=seconds, rel=rel)
+                    )
                     rows.append(
                         {
                             "path": rel,
@@ -870,12 +623,6 @@ def plan_instruments(config: Config) -> tuple[list[dict[str, str]], dict[str, li
 
 
 # --------------------------------------------------------------------------- composers
-def _first_bars(score: Score, need_q: float, count: int, rng: np.random.Generator) -> list[float]:
-    fits = [b for b in score.bar_starts if b + need_q <= score.length_q] or [0.0]
-    picks = rng.choice(len(fits), size=count, replace=count > len(fits))
-    return [fits[int(i)] for i in picks]
-
-
 def select_composer_works(
     config: Config, cache_dir: Path | None
 ) -> dict[str, list[tuple[str, str, Score]]]:
@@ -926,13 +673,13 @@ def plan_composers(
             rng = _rng(config.seed, _COMPOSERS, c_index, 2, w_index)
             qpm = (score.qpm or COMPOSER_QPM.get(composer, 100.0)) * float(rng.uniform(0.92, 1.08))
             lengths = [round(float(rng.uniform(*EXCERPT_SECONDS)), 2) for _ in range(count)]
-            starts = _first_bars(score, max(lengths, default=0.0) * qpm / 60.0, count, rng)
+            starts = excerpt_starts(score, max(lengths, default=0.0) * qpm / 60.0, count, rng)
             for e_index, (start_q, seconds) in enumerate(zip(starts, lengths, strict=True)):
                 ensemble = ensembles[int(rng.integers(len(ensembles)))]
                 soundfont = soundfonts[int(rng.integers(len(soundfonts)))]
                 clip_id = f"composers/{work.replace('/', '-')}-{e_index:02d}"
                 rel = f"{clip_id}.wav"
-                programs = _ensemble(ensemble, score)
+                programs = ensemble_programs(score, *ENSEMBLES[ensemble])
                 job = _score_job(rel, score, start_q, qpm, seconds, programs, rng)
                 if not job.notes:
                     continue
@@ -1022,7 +769,7 @@ def plan_pool_scores(
 ) -> tuple[list[dict[str, str]], dict[str, list[Job]]]:
     """Rows and jobs of the rendered scores of the pool (no work in ``exclude_works``)."""
     soundfonts = list(config.train_soundfonts)  # the instrument test synthesiser stays unheard
-    melodic = sorted({p.number for programs in FAMILIES.values() for p in programs})
+    melodic = melodic_programs()
     files = (
         list(config.pool_sources) if config.pool_sources is not None else corpus_scores(POOL_DIRS)
     )
@@ -1046,7 +793,7 @@ def plan_pool_scores(
             continue
         if rng.random() < 0.5:
             ensemble = sorted(ENSEMBLES)[int(rng.integers(len(ENSEMBLES)))]
-            programs = _ensemble(ensemble, score)
+            programs = ensemble_programs(score, *ENSEMBLES[ensemble])
         else:
             programs = {p: int(rng.choice(melodic)) for p in range(score.n_parts)}
         soundfont = soundfonts[int(rng.integers(len(soundfonts)))]
@@ -1242,7 +989,10 @@ def build_devset(out_dir: str | Path, config: Config) -> dict[str, Any]:
     stamp = out / ".devset-config"
     fingerprint = config.fingerprint()
     if stamp.is_file() and stamp.read_text().strip() != fingerprint:
-        raise DevsetError(f"{out} was built with another seed or configuration; use a new folder")
+        raise DevsetError(
+            f"{out} was built with another seed, configuration or score parser; "
+            "use a new folder"
+        )
     stamp.write_text(fingerprint + "\n")
     cache = out / ".cache" / "scores"
     synth = _synth_name(config)

@@ -6,13 +6,13 @@ import functools
 import json
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from featurestore.audio import MIN_SAMPLE_RATE
+from featurestore.corpus.demo import demo_data
 from featurestore.errors import FeatureStoreError
 
 
@@ -43,7 +43,29 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group()
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+class _TargetsOption(click.Option):
+    """``--targets``, whose help lists the registry's names (loaded only for the help)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from featurestore.targets import REGISTRY
+
+        self.help = ("'default', 'all' or comma-separated names: "
+                     f"{', '.join(REGISTRY)} (see 'featurestore targets').")
+        return super().get_help_record(ctx)
+
+
+def _deprecated_workers(ctx: click.Context, param: click.Parameter,
+                        value: int | None) -> int | None:
+    if value is not None:
+        click.echo("warning: --workers is deprecated; use --processes (Dask worker processes)",
+                   err=True)
+    return value
+
+
+@click.group(context_settings=CONTEXT)
 @click.version_option(package_name="featurestore")
 def main() -> None:
     """Precompute music worker targets into memory-mappable HDF5 feature stores."""
@@ -54,40 +76,46 @@ def main() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="Store file (.h5).")
 @click.option("--layout", default="auto", show_default=True,
               help="auto, folder, csv, gtzan, nsynth, mtat or fma.")
-@click.option("--targets", default="default", show_default=True,
-              help="'default', 'all' or comma-separated names (see 'featurestore targets').")
+@click.option("--targets", default="default", cls=_TargetsOption)
 @click.option("--sample-rate", default=16000, show_default=True,
               type=click.IntRange(min=MIN_SAMPLE_RATE), help="Store sample rate (Hz).")
 @click.option("--hop", default=160, show_default=True, type=click.IntRange(min=1),
               help="Samples per frame.")
-@click.option("--workers", type=click.IntRange(min=1),
-              help="Local Dask worker processes [all cores].")
-@click.option("--scheduler", help="Run on an existing Dask cluster (tcp://host:8786).")
+@click.option("--processes", type=click.IntRange(min=1), show_default="all cores",
+              help="Local Dask worker processes (one single-threaded task each).")
+@click.option("--workers", type=click.IntRange(min=1), hidden=True,
+              callback=_deprecated_workers, help="Deprecated name of --processes.")
+@click.option("--scheduler", show_default="a local cluster",
+              help="Run on an existing Dask cluster (tcp://host:8786).")
 @click.option("--worker-timeout", default=120.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="Seconds to wait while no Dask worker is connected before giving up.")
 @click.option("--partition-size", type=click.IntRange(min=1),
-              help="Clips per task and shard [ceil(clips / 8), at most 16].")
+              show_default="ceil(clips / 8), at most 16", help="Clips per task and shard.")
 @click.option("--max-seconds", default=600.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="Longer files become several clips.")
 @click.option("--min-seconds", default=0.5, show_default=True, type=click.FloatRange(min=0),
               help="Shorter files are skipped and recorded.")
 @click.option("--hours-per-file", type=click.FloatRange(min=0, min_open=True),
-              help="Write the corpus as several store files.")
+              show_default="one file",
+              help="Write the corpus as several store files of about this many hours each.")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable input.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def build(source: str, output: str, layout: str, targets: str, sample_rate: int, hop: int,
-          workers: int | None, scheduler: str | None, worker_timeout: float,
-          partition_size: int | None, max_seconds: float, min_seconds: float,
-          hours_per_file: float | None, strict: bool, quiet: bool) -> None:
+          processes: int | None, workers: int | None, scheduler: str | None,
+          worker_timeout: float, partition_size: int | None, max_seconds: float,
+          min_seconds: float, hours_per_file: float | None, strict: bool, quiet: bool) -> None:
     """Build, extend or resume the store OUTPUT from SOURCE."""
     from featurestore.build import build as run_build
 
+    if processes is not None and workers is not None and processes != workers:
+        raise click.UsageError("--workers is the old name of --processes: give one of them")
     report = run_build(
         source, output, layout=layout, targets=targets, sample_rate=sample_rate, hop=hop,
-        workers=workers, scheduler=scheduler, worker_timeout=worker_timeout,
+        workers=processes if processes is not None else workers, scheduler=scheduler,
+        worker_timeout=worker_timeout,
         partition_size=partition_size,
         max_seconds=max_seconds, min_seconds=min_seconds, hours_per_file=hours_per_file,
         strict=strict, progress=not quiet,
@@ -101,60 +129,10 @@ def build(source: str, output: str, layout: str, targets: str, sample_rate: int,
 @_user_errors
 def info(store: str, as_json: bool) -> None:
     """Summarise STORE: clips, hours, labels, splits, targets, size, errors."""
-    from featurestore.store import format_bytes as _size
-    from featurestore.store import format_hours, open_store, printable
+    from featurestore.store import open_store
 
     s = open_store(store)
-    hours = s.seconds / 3600
-    labels = Counter(lab for row in s.clips["label"] for lab in row.split(";") if lab)
-    splits = Counter(s.clips["split"].tolist())
-    targets = {}
-    for name, x in s.targets.items():
-        spec = s.specs[name]
-        targets[name] = {"dim": spec.dim, "rate": spec.rate, "dtype": str(x.dtype),
-                         "bytes": int(x.nbytes), "library": spec.library}
-    file_bytes = s.path.stat().st_size
-    summary = {
-        "path": str(s.path), "clips": s.n_clips, "hours": hours, "sample_rate": s.sample_rate,
-        "hop": s.hop, "bytes": file_bytes,
-        "bytes_per_audio_hour": file_bytes / hours if hours else None,
-        "waveform_bytes": int(s.waveform.nbytes), "labels": dict(labels.most_common()),
-        "splits": dict(splits), "targets": targets, "n_errors": len(s.errors),
-        "errors": [{"path": p, "reason": r} for p, r in s.errors],
-        "schema_version": s.attrs.get("schema_version"), "created": s.attrs.get("created"),
-        "source": s.attrs.get("source"),
-    }
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"{s.path}  (schema {summary['schema_version']}, created {summary['created']})")
-    click.echo(f"source: {summary['source']}")
-    click.echo(f"{s.n_clips} clips, {format_hours(s.seconds)} of audio at {s.sample_rate} Hz, "
-               f"hop {s.hop} "
-               f"({s.sample_rate / s.hop:g} frames/s)")
-    per_hour = f", {_size(file_bytes / hours)} per audio-hour" if hours else ""
-    click.echo(f"size {_size(file_bytes)}{per_hour}")
-    split_text = ", ".join(f"{k or '(none)'} {v}" for k, v in sorted(splits.items()))
-    click.echo(f"splits: {split_text}")
-    if labels:
-        shown = ", ".join(f"{k} {v}" for k, v in labels.most_common(12))
-        more = f", ... ({len(labels)} labels)" if len(labels) > 12 else ""
-        click.echo(f"labels: {shown}{more}")
-    else:
-        click.echo("labels: none (unlabeled)")
-    click.echo(f"{'target':<12} {'dim':>5} {'rate':>6} {'dtype':>8} {'size':>10} "
-               f"{'per hour':>10}  library")
-    rows = [("waveform", 1, "sample", str(s.waveform.dtype), int(s.waveform.nbytes), "numpy")]
-    rows += [(n, t["dim"], t["rate"], t["dtype"], t["bytes"], t["library"])
-             for n, t in targets.items()]
-    for name, dim, rate, dtype, nbytes, lib in rows:
-        ph = _size(nbytes / hours) if hours else "-"
-        click.echo(f"{name:<12} {dim:>5} {rate:>6} {dtype:>8} {_size(nbytes):>10} {ph:>10}  {lib}")
-    click.echo(f"errors: {len(s.errors)}")
-    for path, reason in s.errors[:20]:
-        click.echo(printable(f"  {path}: {reason}"))
-    if len(s.errors) > 20:
-        click.echo(f"  ... and {len(s.errors) - 20} more")
+    click.echo(json.dumps(s.summary(), indent=2) if as_json else s.describe())
 
 
 @main.command()
@@ -190,7 +168,7 @@ def targets(as_json: bool) -> None:
     """List every target in the registry: dims, rate, library, parameters."""
     from featurestore.targets import REGISTRY
 
-    specs = [cls.spec() for cls in REGISTRY.values()]
+    specs = [cls.spec().to_dict() for cls in REGISTRY.values()]
     if as_json:
         click.echo(json.dumps(specs, indent=2))
         return
@@ -203,20 +181,4 @@ def targets(as_json: bool) -> None:
         click.echo(f"{'':<10} params: {json.dumps(sp['params'])}, deltas: {sp['deltas']}")
 
 
-@main.command("demo-data")
-@click.argument("out_dir", type=click.Path())
-@click.option("--seed", default=0, show_default=True)
-@click.option("--scale", default=1.0, show_default=True,
-              help="Multiplies the number of clips (1.0: about 37 minutes of audio).")
-@_user_errors
-def demo_data(out_dir: str, seed: int, scale: float) -> None:
-    """Render the embedded demo corpus into OUT_DIR as CSV sources (no network)."""
-    from featurestore.demo import make_demo_data
-
-    try:
-        csvs = make_demo_data(out_dir, seed=seed, scale=scale)
-    except (ImportError, ValueError, RuntimeError) as e:
-        raise FeatureStoreError(str(e)) from None
-    for name, path in csvs.items():
-        click.echo(f"{name:<12} {path}")
-    click.echo(f"build a store: featurestore build {csvs['instruments']} -o stores/instruments.h5")
+main.add_command(demo_data)  # featurestore demo-data OUT: the embedded demo corpus

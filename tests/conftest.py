@@ -192,8 +192,9 @@ class DaskCluster:
     def _popen(self, args: list[str], name: str) -> subprocess.Popen[Any]:
         log = open(self.workdir / f"{name}.log", "wb")  # closed in stop()
         self.logs.append(log)
-        # The nanny's default MALLOC_TRIM_THRESHOLD_ makes numpy-heavy tasks (pyin) about
-        # 4x slower (see DESIGN.md); unset it as featurestore's own local cluster does.
+        # The nanny's default MALLOC_TRIM_THRESHOLD_ makes numpy-heavy tasks much slower
+        # (benchmarks/RESULTS.md: about 2x the CPU per clip for the default targets); unset
+        # it as featurestore's own local cluster does.
         config = self.workdir / "dask-config"
         config.mkdir(exist_ok=True)
         (config / "nanny.yaml").write_text(

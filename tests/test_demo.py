@@ -1,4 +1,4 @@
-"""Tests of the embedded demo corpus (featurestore.demo): real renders, exact layout."""
+"""Tests of the embedded demo corpus (featurestore.corpus.demo): real renders, exact layout."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from click.testing import CliRunner
 
-from featurestore import demo
+from featurestore.corpus import demo, render, synth
 
 SCALE = 0.1
 EXTRA_COLUMNS = {
@@ -66,7 +67,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
     # the same seed again, in a fresh interpreter (another hash seed, nothing shared)
     root = tmp_path_factory.mktemp("demo_b")
     code = (
-        "import sys; from featurestore.demo import make_demo_data; "
+        "import sys; from featurestore.corpus.demo import make_demo_data; "
         f"make_demo_data(sys.argv[1], seed=0, scale={SCALE})"
     )
     subprocess.run(
@@ -129,7 +130,7 @@ def test_wavs_are_16k_mono_int16_normalised_and_not_silent(
     tables: dict[str, list[dict[str, str]]],
 ) -> None:
     root, _ = builds["a"]
-    peak = round(demo.PEAK * 32767)
+    peak = round(render.PEAK * 32767)
     for rows in tables.values():
         for row in rows:
             info = sf.info(str(root / row["path"]))
@@ -147,12 +148,12 @@ def test_wavs_are_16k_mono_int16_normalised_and_not_silent(
 
 
 def test_label_sets(tables: dict[str, list[dict[str, str]]]) -> None:
-    assert {r["label"] for r in tables["instruments"]} == set(demo.FAMILIES)
-    assert len(demo.FAMILIES) >= 8
+    assert {r["label"] for r in tables["instruments"]} == set(synth.FAMILIES)
+    assert len(synth.FAMILIES) >= 8
     assert {r["label"] for r in tables["composers"]} == set(demo.COMPOSER_WORKS)
     assert {r["label"] for r in tables["pretrain"]} == {""}
     for row in tables["instruments"]:
-        programs = {p.name: p.number for p in demo.FAMILIES[row["label"]]}
+        programs = {p.name: p.number for p in synth.FAMILIES[row["label"]]}
         assert programs[row["group"]] == int(row["program"])
 
 
@@ -181,9 +182,9 @@ def test_pretrain_uses_other_works(tables: dict[str, list[dict[str, str]]]) -> N
 
 @pytest.mark.parametrize("sample_rate", [16000, 22050])
 def test_rendered_a4_is_440_hz(sample_rate: int) -> None:
-    x = demo.render_note(73, 69, seconds=1.0, sample_rate=sample_rate)  # flute, A4
+    x = render.render_note(73, 69, seconds=1.0, sample_rate=sample_rate)  # flute, A4
     assert x.size == sample_rate
-    assert abs(float(np.abs(x).max()) - demo.PEAK) < 1e-4
+    assert abs(float(np.abs(x).max()) - render.PEAK) < 1e-4
     f = _peak_hz(x[: int(0.8 * sample_rate)], sample_rate)
     assert abs(f / 440.0 - 1.0) < 0.02, f
 
@@ -212,3 +213,20 @@ def test_corpus_notes_sound_at_their_pitch(
 def test_bad_scale_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scale"):
         demo.make_demo_data(tmp_path, scale=0)
+
+
+def test_demo_data_command_refuses_a_bad_scale_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(demo.demo_data, [str(tmp_path / "out"), "--scale", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: scale must be positive, got 0.0"
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_m_featurestore_corpus_is_the_demo_data_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "featurestore.corpus", "--help"],
+        capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.stdout.startswith("Usage: python -m featurestore.corpus [OPTIONS] OUT_DIR")
+    assert "--seed" in proc.stdout and "--scale" in proc.stdout

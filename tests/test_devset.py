@@ -203,6 +203,17 @@ def test_deterministic_and_idempotent(
         devset.build_devset(again, _config(game, seed=1))
 
 
+def test_a_folder_built_by_another_score_parser_is_refused(
+    built: tuple[Path, Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, game, _ = built
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(devset, "PARSER_VERSION", devset.PARSER_VERSION + 1)
+    with pytest.raises(devset.DevsetError, match="score parser"):
+        devset.build_devset(out, _config(game))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_work_ids() -> None:
     assert devset.work_id("mozart/k458/movement2.mxl") == "mozart/k458"
     assert devset.work_id("palestrina/Kyrie_07.krn") == "palestrina/mass_07"
