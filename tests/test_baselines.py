@@ -22,8 +22,14 @@ from trainer.embed import (
     clip_embeddings,
     load_embedder,
 )
-from trainer.metrics import chance_classification, chance_tagging, classification_metrics
-from trainer.probe import ProbeConfig, plan_probe, run_probe
+from trainer.evaluation import (
+    ProbeConfig,
+    chance_classification,
+    chance_tagging,
+    classification_metrics,
+    plan_probe,
+    run_probe,
+)
 from trainer.sweep import Sweep, check_sweep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -177,9 +183,10 @@ def test_chance_of_tagging_is_half_and_the_positive_rate() -> None:
 
 
 def test_grouped_folds_where_test_lacks_the_train_majority() -> None:
-    # "a" (8 clips) sits in two groups of four; "b" and "c" are single clips. Grouped
-    # 3-fold puts both "a" groups in the folds 0 and 1, so fold 2 trains with "a" as its
-    # majority and tests none of it: the majority figure of that fold is 0 %.
+    # "a" (8 clips) sits in two groups of four; "b" and "c" are single clips. Stratified
+    # grouped 3-fold spreads "b" and "c" over every fold, but the two "a" groups fill only
+    # two folds, so fold 2 trains with "a" as its majority and tests none of it: the
+    # majority figure of that fold is 0 %.
     labels = ["a"] * 8 + ["b", "c"] * 4
     groups = ["A1"] * 4 + ["A2"] * 4 + [f"s{i}" for i in range(8)]
     config = ProbeConfig(folds=3, seeds=1, classifier="linear", lrs=(1e-2,),
@@ -188,14 +195,14 @@ def test_grouped_folds_where_test_lacks_the_train_majority() -> None:
     counts = [(np.bincount(plan.target[tr], minlength=3).tolist(),
                np.bincount(plan.target[te], minlength=3).tolist())
               for tr, _, te in plan.parts]
-    assert counts == [([4, 2, 3], [4, 1, 1]), ([4, 4, 2], [4, 0, 1]), ([8, 1, 1], [0, 3, 2])]
+    assert counts == [([4, 3, 2], [4, 1, 1]), ([4, 3, 2], [4, 1, 1]), ([8, 1, 2], [0, 2, 2])]
     X = np.random.default_rng(0).normal(size=(len(labels), 3))
     result = run_probe(X, labels, None, groups, config)
     # chance per fold: sum_c p_train(c) p_test(c); majority: the test share of the train
-    # arg-max (class "a" in every fold, the tie of fold 1 going to the first class)
-    chance = [(4 * 4 + 2 * 1 + 3 * 1) / (9 * 6), (4 * 4 + 4 * 0 + 2 * 1) / (10 * 5),
-              (8 * 0 + 1 * 3 + 1 * 2) / (10 * 5)]
-    majority = [4 / 6, 4 / 5, 0 / 5]
+    # arg-max (class "a" in every fold)
+    chance = [(4 * 4 + 3 * 1 + 2 * 1) / (9 * 6), (4 * 4 + 3 * 1 + 2 * 1) / (9 * 6),
+              (8 * 0 + 1 * 2 + 2 * 2) / (11 * 4)]
+    majority = [4 / 6, 4 / 6, 0 / 4]
     assert result.chance["accuracy"] == pytest.approx(np.mean(chance), abs=1e-12)
     assert result.majority["accuracy"] == pytest.approx(np.mean(majority), abs=1e-12)
     for (train, _, test), want in zip(plan.parts, chance, strict=True):

@@ -1,4 +1,4 @@
-"""Probe metrics: hand-computed small cases and agreement with scikit-learn."""
+"""Probe metrics: hand-computed small cases, agreement with scikit-learn, label-only figures."""
 
 from __future__ import annotations
 
@@ -13,43 +13,18 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from trainer.metrics import (
-    average_precision,
+from trainer.evaluation import (
+    chance_metrics,
     classification_metrics,
-    encode_labels,
+    majority_metrics,
     roc_auc,
     tagging_metrics,
+    task_metrics,
 )
 
 
 def one_hot_scores(pred: list[int], n_classes: int) -> np.ndarray:
     return np.eye(n_classes)[pred]
-
-
-# --------------------------------------------------------------------------- labels
-
-
-def test_encode_labels_classification_sorted_and_unlabeled() -> None:
-    y, classes = encode_labels(["rock", "jazz", "", " rock "], multilabel=False)
-    assert classes == ["jazz", "rock"]
-    assert y.tolist() == [1, 0, -1, 1]
-    y, classes = encode_labels(["b", "a"], multilabel=False, classes=["b", "a", "c"])
-    assert classes == ["b", "a", "c"] and y.tolist() == [0, 1]
-
-
-def test_encode_labels_multilabel() -> None:
-    Y, classes = encode_labels(["rock;guitar", "", "piano", "guitar; piano;"], multilabel=True)
-    assert classes == ["guitar", "piano", "rock"]
-    assert Y.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 0]]
-
-
-def test_encode_labels_rejects_unknown() -> None:
-    with pytest.raises(ValueError, match="not among the classes"):
-        encode_labels(["a", "z"], multilabel=False, classes=["a", "b"])
-    with pytest.raises(ValueError, match="not among the classes"):
-        encode_labels(["a;z"], multilabel=True, classes=["a"])
-    with pytest.raises(ValueError, match="duplicate"):
-        encode_labels(["a"], multilabel=False, classes=["a", "a"])
 
 
 # --------------------------------------------------------------------------- classification
@@ -170,19 +145,19 @@ def test_tagging_excludes_tags_without_positives_or_negatives() -> None:
     assert m["roc_auc_macro"] is None and m["pr_auc_macro"] is None
 
 
-def test_roc_auc_is_batched_over_leading_axes() -> None:
+def test_batched_rank_roc_auc_equals_sklearn_for_every_grid_point() -> None:
     rng = np.random.default_rng(3)
-    Y = (rng.random((30, 3)) < 0.5).astype(int)
+    Y = (rng.random((30, 4)) < 0.5).astype(int)
     Y[0], Y[1] = 1, 0
-    scores = rng.normal(size=(4, 30, 3))
+    Y[:, 3] = 0  # no positive: NaN
+    scores = np.round(rng.normal(size=(5, 30, 4)), 1)  # rounding makes ties
     batched = roc_auc(Y, scores)
-    assert batched.shape == (4, 3)
-    for g in range(4):
-        np.testing.assert_allclose(batched[g], roc_auc(Y, scores[g]))
-        np.testing.assert_allclose(
-            average_precision(Y, scores[g]),
-            [average_precision_score(Y[:, c], scores[g, :, c]) for c in range(3)],
-        )
+    assert batched.shape == (5, 4)
+    for g in range(5):
+        for c in range(3):
+            assert batched[g, c] == pytest.approx(roc_auc_score(Y[:, c], scores[g, :, c]),
+                                                  abs=1e-12)
+    assert np.isnan(batched[:, 3]).all()
 
 
 def test_tagging_metrics_reject_bad_input() -> None:
@@ -190,3 +165,27 @@ def test_tagging_metrics_reject_bad_input() -> None:
         tagging_metrics(np.array([[2, 0]]), np.zeros((1, 2)), ["a", "b"])
     with pytest.raises(ValueError, match="shape"):
         tagging_metrics(np.zeros((3, 2)), np.zeros((3, 2)), ["a"])
+
+
+# --------------------------------------------------------------------------- label-only figures
+
+
+def test_majority_scores_the_training_prior_and_breaks_ties_to_the_first_class() -> None:
+    Y_train = np.eye(3, dtype=int)[[1, 1, 2, 2, 0]]  # classes 1 and 2 tie as majority
+    m = majority_metrics("classification", Y_train, np.array([1, 2, 1, 0]), ["a", "b", "c"])
+    assert m["accuracy"] == 0.5
+    assert m["confusion"] == [[0, 1, 0], [0, 2, 0], [0, 1, 0]]
+    assert m == task_metrics("classification", np.array([1, 2, 1, 0]),
+                             np.tile([0.2, 0.4, 0.4], (4, 1)), ["a", "b", "c"])
+    tags = majority_metrics("tagging", np.array([[1, 0], [1, 1]]),
+                            np.array([[1, 0], [0, 1], [0, 0]]), ["x", "y"])
+    assert tags["roc_auc_macro"] == 0.5
+    assert tags["pr_auc_macro"] == pytest.approx(1 / 3)
+
+
+def test_chance_is_the_prior_against_the_test_labels() -> None:
+    Y_train = np.eye(2, dtype=int)[[0, 0, 0, 1]]  # prior 3/4, 1/4
+    got = chance_metrics("classification", Y_train, np.array([1, 1, 0, 1]))
+    assert got["accuracy"] == pytest.approx(0.75 * 0.25 + 0.25 * 0.75, abs=1e-15)
+    got = chance_metrics("tagging", Y_train, np.array([[1, 0], [0, 0], [0, 1], [0, 1]]))
+    assert got == {"roc_auc_macro": 0.5, "pr_auc_macro": pytest.approx((0.25 + 0.5) / 2)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.probe import ProbeConfig, carve_valid, make_folds, run_probe
+from trainer.evaluation import ProbeConfig, plan_probe, run_probe
 
 FAST = dict(
     lrs=(1e-3, 1e-2),
@@ -122,52 +122,33 @@ def test_valid_set_carved_from_train_when_missing() -> None:
     assert result.n_valid % 4 == 0  # whole groups of 4
 
 
-# --------------------------------------------------------------------------- splits
+# --------------------------------------------------------------------------- folds and progress
 
 
-def test_make_folds_never_leaks_a_group() -> None:
-    rng = np.random.default_rng(0)
-    sizes = rng.integers(1, 9, 60)
-    groups = [f"g{g}" for g, size in enumerate(sizes) for _ in range(size)]
-    groups += [""] * 7  # ungrouped clips are groups of their own
-    groups = [groups[i] for i in rng.permutation(len(groups))]
-    folds = make_folds(groups, 5, seed=0)
-    assert len(folds) == 5
-    tested = np.concatenate([test for _, test in folds])
-    assert sorted(tested.tolist()) == list(range(len(groups)))  # each clip tested once
-    for train, test in folds:
-        assert len(np.intersect1d(train, test)) == 0
-        assert len(train) + len(test) == len(groups)
-        named_train = {groups[i] for i in train if groups[i]}
-        named_test = {groups[i] for i in test if groups[i]}
-        assert not named_train & named_test
-    test_sizes = [len(test) for _, test in folds]
-    assert max(test_sizes) - min(test_sizes) <= 8  # balanced to within the largest group
-    again = make_folds(groups, 5, seed=0)
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
-    other = make_folds(groups, 5, seed=1)
-    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other, strict=True))
+def test_kfold_plan_is_stratified_and_grouped() -> None:
+    _, labels, _, groups = clusters(n=300, separation=8.0, seed=4)
+    plan = plan_probe(labels, None, groups, ProbeConfig(folds=3))
+    assert len(plan.parts) == 3
+    tested = np.sort(np.concatenate([test for _, _, test in plan.parts]))
+    assert tested.tolist() == list(range(300))
+    for train, valid, test in plan.parts:
+        assert sorted(np.concatenate([train, valid, test]).tolist()) == list(range(300))
+        for a, b in ((train, test), (train, valid), (valid, test)):
+            assert not {groups[i] for i in a} & {groups[i] for i in b}
+        for part in (train, test):
+            assert set(plan.target[part].tolist()) == {0, 1, 2, 3}
 
 
-def test_make_folds_rejects_impossible_k() -> None:
-    with pytest.raises(ValueError, match="k >= 2"):
-        make_folds(["a", "b"], 1)
-    with pytest.raises(ValueError, match="at least 3 groups"):
-        make_folds(["a", "a", "b"], 3)
-
-
-def test_carve_valid_is_grouped_and_keeps_every_class_in_train() -> None:
-    groups = [f"g{i // 3}" for i in range(90)]
-    y = np.repeat(np.arange(30) % 3, 3)
-    y[-3:] = 3  # class 3 lives in a single group: it must stay in train
-    Y = np.eye(4, dtype=int)[y]
-    train, valid = carve_valid(np.arange(90), groups, Y, fraction=0.3, seed=0)
-    assert len(valid) == 27  # 30 % of 30 groups of 3
-    assert sorted(np.concatenate([train, valid]).tolist()) == list(range(90))
-    assert not {groups[i] for i in train} & {groups[i] for i in valid}
-    assert (Y[train].sum(axis=0) > 0).all()
-    with pytest.raises(ValueError, match="single group"):
-        carve_valid(np.arange(3), groups, Y, seed=0)
+def test_progress_goes_to_stderr_once_per_fit_and_quiet_is_silent(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    X, labels, _, groups = clusters(n=120, separation=8.0, seed=4)
+    config = ProbeConfig(**{**FAST, "folds": 2, "seeds": 2, "epochs": 3})
+    run_probe(X, labels, None, groups, config, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "probe" in err and "4/4" in err and "seed 1 fold 1" in err
+    run_probe(X, labels, None, groups, config)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_kfold_probe_reports_every_fold_and_their_mean() -> None:

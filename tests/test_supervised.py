@@ -13,8 +13,7 @@ import pytest
 from stores import NOTE_NAMES, TINY_PASE, build_store, tone_corpus
 
 import featurestore
-from trainer.metrics import classification_metrics
-from trainer.probe import ProbeConfig, ProbeResult, run_probe
+from trainer.evaluation import ProbeConfig, ProbeResult, classification_metrics, run_probe
 from trainer.report import compare, load_result, write_report
 from trainer.supervised import run_supervised, train_supervised
 

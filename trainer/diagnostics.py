@@ -30,11 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainer.data import PCM_SCALE
+
 HELDOUT = "diagnostics_heldout.npz"
 PLOT = "diagnostics.png"
-
-_SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid",
-                  "dev": "valid", "test": "test", "": ""}
 
 __all__ = [
     "HELDOUT", "PLOT", "ProbeTask", "R2Accumulator", "channel_variance_stats",
@@ -203,7 +202,7 @@ def collapse_stats(encoder: nn.Module, wave: np.ndarray, device: torch.device, *
     encoder.eval()
     pooled = []
     for k in range(0, len(wave), batch_size):
-        x = torch.from_numpy(wave[k : k + batch_size].astype(np.float32) / 32768.0).to(device)
+        x = torch.from_numpy(wave[k : k + batch_size].astype(np.float32) / PCM_SCALE).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h = encoder(x)
         pooled.append(pool_mean_std(h).double().cpu())
@@ -251,10 +250,11 @@ class ProbeTask:
             No such store.
         """
         from featurestore.store import open_store
+        from trainer.evaluation import group_keys, is_tag_list, make_folds, normalise_splits
 
         clips = open_store(path).clips
         labels = np.array([str(v).strip() for v in clips["label"].tolist()], dtype=object)
-        if any(";" in lab for lab in labels):
+        if any(is_tag_list(lab) for lab in labels):
             raise ValueError(f"{path}: probe during pre-training needs single-label clips; "
                              "this store holds multi-label tags")
         labeled = labels != ""
@@ -263,24 +263,21 @@ class ProbeTask:
             raise ValueError(f"{path}: probe during pre-training needs at least two classes "
                              f"of labeled clips, found {len(classes)}")
         y = np.array([classes.index(v) if v else -1 for v in labels], dtype=np.int64)
-        splits = np.array([_SPLIT_ALIASES.get(str(s).strip().lower(), "")
-                           for s in clips["split"].tolist()], dtype=object)
+        splits = normalise_splits(clips["split"].tolist(), len(labels))
         train = np.flatnonzero(labeled & (splits == "train"))
         held = np.flatnonzero(labeled & (splits == "valid"))
         if len(held) == 0:
             held = np.flatnonzero(labeled & (splits == "test"))
         if len(train) and len(held) and len(set(y[train])) >= 2:
             return cls(str(path), y, [(train, held)], "split")
-        from sklearn.model_selection import GroupKFold
-
         idx = np.flatnonzero(labeled)
-        groups = np.array([str(g) or f"clip{i}" for i, g in enumerate(clips["group"].tolist())],
-                          dtype=object)[idx]
+        groups = group_keys(clips["group"].tolist(), len(labels))[idx]
         k = min(n_folds, len(set(groups)))
         if k < 2:
             raise ValueError(f"{path}: probe during pre-training needs train and valid/test "
                              "splits or at least two groups")
-        folds = [(idx[a], idx[b]) for a, b in GroupKFold(k).split(idx, y[idx], groups)]
+        # the probe's own folds (trainer.evaluation), stratified by class
+        folds = [(idx[a], idx[b]) for a, b in make_folds(groups, k, seed=0, y=y[idx])]
         return cls(str(path), y, folds, f"{k}-fold")
 
     def embed(self, encoder: nn.Module, device: torch.device, sample_rate: int,

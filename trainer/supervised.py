@@ -21,9 +21,10 @@ time of the encoder's frames (``[B, dim, T] → [B, dim]``) and is one linear la
   the probe's tagging task, also keeps a split's clips without any tag (all negatives).
 
 :func:`run_supervised` repeats the training for several seeds and scores it like the
-probe (:func:`trainer.probe.run_probe`): the same metrics, the same
-:class:`~trainer.probe.ProbeResult`, so :func:`trainer.report.write_report` and
-:func:`trainer.report.compare` take it as one more row.
+probe (:func:`trainer.evaluation.run_probe`): the same labels, metrics and aggregation
+(:mod:`trainer.evaluation`), the same :class:`~trainer.evaluation.ProbeResult`, so
+:func:`trainer.report.write_report` and :func:`trainer.report.compare` take it as one more
+row.
 """
 
 from __future__ import annotations
@@ -42,10 +43,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.data import CropDataset
+from trainer.data import PCM_SCALE, CropDataset, clip_crops
 from trainer.device import resolve_device
-from trainer.embed import crop_bounds
-from trainer.probe import ProbeConfig, ProbeResult
+from trainer.evaluation import (
+    MAIN_METRIC,
+    ProbeConfig,
+    ProbeResult,
+    chance_metrics,
+    check_coverage,
+    encode_labels,
+    encode_targets,
+    has_several_tags,
+    majority_metrics,
+    resolve_task,
+    split_tags,
+    summarise_seeds,
+    task_metrics,
+    to_plain,
+)
 
 
 @dataclass
@@ -93,26 +108,16 @@ class Classifier(nn.Module):
         return self.head(self.encoder(wave).float().mean(dim=-1))
 
 
-def _labels_of(label: str) -> list[str]:
-    return [x for x in (s.strip() for s in label.split(";")) if x]
-
-
 def _targets(labels: Sequence[str], classes: list[str], multilabel: bool) -> np.ndarray:
-    """Class indices (single-label) or multi-hot rows (multi-label) of ``labels``."""
-    index = {c: k for k, c in enumerate(classes)}
-    if not multilabel:
-        return np.array([index[label.strip()] for label in labels], dtype=np.int64)
-    out = np.zeros((len(labels), len(classes)), dtype=np.float32)
-    for r, label in enumerate(labels):
-        for x in _labels_of(label):
-            out[r, index[x]] = 1.0
-    return out
+    """Class indices (single-label) or multi-hot float32 rows (multi-label) of ``labels``."""
+    y, _ = encode_labels(labels, multilabel, classes)
+    return y.astype(np.float32) if multilabel else y
 
 
 def _in_split(label: str, split: str, wanted: str, multilabel: bool) -> bool:
     """Whether a clip takes part in split ``wanted``: labelled clips, and in multi-label
     mode also clips without any tag (negatives for every tag, as in the probe)."""
-    return split == wanted and (multilabel or bool(_labels_of(label)))
+    return split == wanted and (multilabel or bool(split_tags(label)))
 
 
 class _Split:
@@ -137,23 +142,12 @@ class _Split:
         return len(self.items)
 
 
-def _clip_crops(data: CropDataset, k: int, i: int, crop_frames: int) -> list[np.ndarray]:
-    """Consecutive crops of clip ``i`` of store ``k``, float32 in [-1, 1] (a clip shorter
-    than one frame is zero-padded to one)."""
-    s, hop = data.stores[k], data.hop
-    n = int(s.clips["n_frames"][i])
-    wave = np.asarray(s.waveform_of(i)[: n * hop], dtype=np.float32) / 32768.0
-    if n == 0:
-        wave, n = np.zeros(hop, dtype=np.float32), 1
-    return [wave[a * hop : b * hop] for a, b in crop_bounds(n, crop_frames)]
-
-
 def _predict(model: Classifier, data: CropDataset, split: _Split, crop_frames: int,
              batch_size: int, device: torch.device, multilabel: bool) -> np.ndarray:
     """Per-clip probabilities: crop probabilities averaged, weighted by crop length."""
     crops: list[tuple[int, np.ndarray]] = []
     for r, (k, i) in enumerate(split.items):
-        crops.extend((r, c) for c in _clip_crops(data, k, i, crop_frames))
+        crops.extend((r, c) for c in clip_crops(data.stores[k], i, crop_frames))
     by_length: dict[int, list[tuple[int, np.ndarray]]] = {}
     for r, c in crops:
         by_length.setdefault(len(c), []).append((r, c))
@@ -261,7 +255,7 @@ def train_supervised(
     all_labels = [str(x) for s in probe.stores for x in s.clips["label"].tolist()]
     all_splits = [str(x) for s in probe.stores for x in s.clips["split"].tolist()]
     labelled = [(la, sp) for la, sp in zip(all_labels, all_splits, strict=True)
-                if _labels_of(la)]
+                if split_tags(la)]
     for needed in ("train", "test"):
         if not any(sp == needed for _, sp in labelled):
             raise ValueError(
@@ -269,13 +263,13 @@ def train_supervised(
                 f"baseline needs labelled train and test clips; give the source a 'split' "
                 f"column with train/valid/test)")
     if multilabel is None:
-        multilabel = any(len(_labels_of(la)) > 1 for la, _ in labelled)
+        multilabel = any(has_several_tags(la) for la, _ in labelled)
     if not multilabel:
-        several = [la for la, _ in labelled if len(_labels_of(la)) > 1]
+        several = [la for la, _ in labelled if has_several_tags(la)]
         if several:
             raise ValueError(f"{where}: clip label {several[0]!r} has several labels; use "
                              "multilabel=True")
-    classes = sorted({x for la, _ in labelled for x in _labels_of(la)})
+    classes = sorted({x for la, _ in labelled for x in split_tags(la)})
     if len(classes) < 2 and not multilabel:
         raise ValueError(f"{where}: a single class ({classes[0]!r}); nothing to classify")
 
@@ -316,7 +310,7 @@ def train_supervised(
             starts = (rng.random(batch_size) * span).astype(np.int64)
             raw = train_data.gather(clips, starts)
             wave = torch.from_numpy(np.ascontiguousarray(raw["waveform"])).to(dev).float()
-            wave = wave / 32768.0
+            wave = wave / PCM_SCALE
             y = targets_t[torch.from_numpy(pick)].to(dev)
             model.train()
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -369,7 +363,7 @@ def run_supervised(
     For each seed ``0 .. config.seeds - 1`` :func:`train_supervised` trains the encoder and
     its linear head on the store's ``train`` split (model chosen by valid loss); its test
     probabilities are scored with the probe's metric functions. The result has the fields
-    and keys of :func:`trainer.probe.run_probe`'s (``summary``: mean and std with
+    and keys of :func:`trainer.evaluation.run_probe`'s (``summary``: mean and std with
     ``ddof=1`` over seeds; ``majority``: the training prior scored on test), so
     :func:`trainer.report.write_report` and :func:`trainer.report.compare` take it
     unchanged. Each ``per_seed`` entry holds ``seed``, ``valid`` (the selected model's
@@ -402,17 +396,6 @@ def run_supervised(
         refuses.
     """
     from trainer.encoders import build_encoder
-    from trainer.probe import (
-        MAIN_METRIC,
-        _chance,
-        _check_coverage,
-        _majority,
-        _metrics,
-        _plain,
-        _summary,
-        encode_targets,
-        resolve_task,
-    )
 
     device = resolve_device(device)
     with torch.device("meta"):  # the encoder's name and arguments, at no cost
@@ -449,10 +432,10 @@ def run_supervised(
         raise ValueError(
             f"{table.stores[0].path}: no labeled {missing} clips; the supervised baseline "
             "needs the store's train/valid/test splits")
-    _check_coverage(Y, train, test, "test", classes)
-    _check_coverage(Y, train, valid, "valid", classes)
-    majority = _majority(task, Y, target, train, test, classes)
-    chance = _chance(task, Y, target, train, test)
+    check_coverage(Y, train, test, "test", classes)
+    check_coverage(Y, train, valid, "valid", classes)
+    majority = majority_metrics(task, Y[train], target[test], classes)
+    chance = chance_metrics(task, Y[train], target[test])
 
     per_seed = []
     for seed in range(config.seeds):
@@ -467,12 +450,12 @@ def run_supervised(
         if len(run.valid_ids):
             if run.valid_ids != [kept_ids[i] for i in valid]:
                 raise RuntimeError("supervised valid clips differ from the store's valid split")
-            valid_score = _metrics(task, target[valid], run.valid_scores[:, column],
-                                   classes)[MAIN_METRIC[task]]
+            valid_score = task_metrics(task, target[valid], run.valid_scores[:, column],
+                                       classes)[MAIN_METRIC[task]]
         per_seed.append({
             "seed": seed,
             "valid": valid_score,
-            "test": _metrics(task, target[test], run.test_scores[:, column], classes),
+            "test": task_metrics(task, target[test], run.test_scores[:, column], classes),
             "valid_loss": run.valid_loss if math.isfinite(run.valid_loss) else None,
             "step": run.steps,
         })
@@ -481,10 +464,10 @@ def run_supervised(
         task=task,
         classes=list(classes),
         metric=MAIN_METRIC[task],
-        per_seed=_plain(per_seed),
-        summary=_summary(task, per_seed),
-        majority=_plain(majority),
-        chance=_plain(chance),
+        per_seed=to_plain(per_seed),
+        summary=summarise_seeds(task, per_seed),
+        majority=to_plain(majority),
+        chance=to_plain(chance),
         n_train=len(train),
         n_valid=len(valid),
         n_test=len(test),
