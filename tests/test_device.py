@@ -341,8 +341,8 @@ def test_probe_checks_the_encoder_spec_before_embedding(
             " 'random:<encoder>', 'mfcc-stats', 'targets-stats')"),
         "random:nope": ("error: 'random:nope': 'nope' is neither a known encoder (melcnn, "
                         "pase+, samplecnn) nor an encoder file"),
-        "supervised:nope": ("error: unknown encoder 'nope'; known encoders: melcnn, pase+, "
-                            "samplecnn"),
+        "supervised:nope": ("error: 'supervised:nope': unknown encoder 'nope'; expected one of "
+                            "melcnn, pase+, samplecnn"),
         str(not_an_encoder): f"error: {not_an_encoder}: not an encoder file (",
     }
     for spec, message in cases.items():

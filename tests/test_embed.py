@@ -16,16 +16,16 @@ from stores import TINY_PASE, build_store, tone_corpus
 from torch import Tensor, nn
 
 import featurestore
+from trainer.data import clip_crops, crop_bounds
 from trainer.embed import (
     EncoderEmbedder,
     cache_path,
     clip_embeddings,
-    crop_bounds,
     load_embedder,
     pool,
 )
+from trainer.encoder_file import save_encoder
 from trainer.encoders import build_encoder
-from trainer.pretrain import save_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -109,6 +109,11 @@ def test_crops_pooled_equal_the_whole_clip_for_a_frame_local_encoder(
     assert crop_bounds(100, 50) == [(0, 50), (50, 100)]
     assert crop_bounds(3, 50) == [(0, 3)]
     store = featurestore.open_store(stores["mfcc"])
+    n = int(store.clips["n_frames"][0])
+    crops = clip_crops(store, 0, 50)  # the clip's whole frames, as float in [-1, 1)
+    assert [len(c) for c in crops] == [(b - a) * 160 for a, b in crop_bounds(n, 50)]
+    np.testing.assert_array_equal(np.concatenate(crops),
+                                  store.waveform_of(0)[: n * 160] / np.float32(32768))
     embedder = EncoderEmbedder("frame-linear", "frame-linear-key", FrameLinear)
     whole = clip_embeddings(embedder, stores["mfcc"], crop_seconds=60.0, device="cpu",
                             cache=False)
@@ -296,3 +301,16 @@ def test_bad_arguments(stores: dict[str, Path]) -> None:
         load_embedder("random:nope")
     with pytest.raises(FileNotFoundError, match="no such encoder file"):
         load_embedder("runs/none/encoder.pt")
+
+
+def test_progress_counts_audio_seconds_as_batches_are_encoded(
+        stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    store = featurestore.open_store(stores["mfcc"])
+    seconds = float(np.maximum(store.clips["n_frames"], 1).sum()) * store.hop / store.sample_rate
+    embedder = EncoderEmbedder("frame-linear", "frame-linear-key", FrameLinear)
+    clip_embeddings(embedder, stores["mfcc"], crop_seconds=0.5, batch_size=3, device="cpu",
+                    cache=False, progress=True)
+    err = capsys.readouterr().err
+    assert "embedding" in err and "audio-s" in err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{seconds:.1f}/{seconds:.1f}" in last

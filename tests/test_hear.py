@@ -11,8 +11,8 @@ from stores import TINY_PASE
 from torch import Tensor, nn
 
 from trainer import hear
+from trainer.encoder_file import save_encoder
 from trainer.encoders import build_encoder
-from trainer.pretrain import save_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from stores import build_store, tone_corpus
 
-import trainer.probe
+import trainer.evaluation
 from trainer.sweep import load_sweep, parse_sweep, probe_specs, run_sweep, select_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_work(
     plan_file = tmp_path / "s.toml"
     plan_file.write_text(sweep_text(store))
     plan, out = load_sweep(plan_file, tmp_path / "out")
-    real_probe = trainer.probe.run_probe
+    real_probe = trainer.evaluation.run_probe
     calls = {"probe": 0}
 
     def probe_then_stop(*args: object, **kw: object) -> object:
@@ -146,7 +146,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_work(
             raise KeyboardInterrupt
         return real_probe(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(trainer.probe, "run_probe", probe_then_stop)
+    monkeypatch.setattr(trainer.evaluation, "run_probe", probe_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(plan, out, device="cpu", progress=False, echo=lambda s: None)
     done = sorted(out.glob("reports/*/tones/result.json"))
@@ -155,7 +155,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_work(
     encoders = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/encoder.pt")}
     assert len(encoders) == 2
 
-    monkeypatch.setattr(trainer.probe, "run_probe", real_probe)
+    monkeypatch.setattr(trainer.evaluation, "run_probe", real_probe)
     log: list[str] = []
     plan, out = load_sweep(plan_file, tmp_path / "out")
     table = run_sweep(plan, out, device="cpu", progress=False, echo=log.append)

@@ -1,6 +1,6 @@
 """The main job on the embedded demo corpus, end to end, with no network:
 
-1. render the demo corpus (``featurestore.demo``: General-MIDI instrument notes labeled by
+1. render the demo corpus (``featurestore.corpus.demo``: General-MIDI instrument notes labeled by
    family, music21 scores labeled by composer, and 25 minutes of unlabeled music);
 2. build one feature store per part with the default targets (one local Dask cluster);
 3. pre-train with the project's recipe (the ``cpu-small`` preset on a CPU, ``gpu`` on a
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import PretrainConfig, load_preset
-from trainer.probe import label_only_baseline
+from trainer.evaluation import label_only_baseline
 from trainer.sweep import Run, Sweep, run_sweep
 
 #: Pre-training steps of the demo: the preset's recipe, shortened to keep the whole main
@@ -56,8 +56,7 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
         ``seeds < 1``, or ``out`` naming a file.
     """
     import featurestore
-    from featurestore.build import dask_executor
-    from featurestore.demo import make_demo_data
+    from featurestore.corpus.demo import make_demo_data
     from trainer.device import resolve_device
 
     dev = resolve_device(device)
@@ -77,7 +76,7 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     stores = {name: out / "stores" / f"{name}.h5" for name in csvs}
     todo = [n for n, p in stores.items() if not p.exists()]
     if todo:
-        with dask_executor() as executor:
+        with featurestore.dask_executor() as executor:
             for name in todo:
                 report = featurestore.build(csvs[name], stores[name], executor=executor,
                                             progress=progress)

@@ -45,34 +45,15 @@ import torch
 from torch import nn
 
 from featurestore.store import Store, open_store
+from trainer.data import clip_wave, crop_bounds
 from trainer.device import resolve_device
+from trainer.encoder_file import architecture_of, load_encoder, read_encoder_file
+from trainer.specs import MFCC_STATS, TARGETS_STATS, parse_spec
 
 POOLINGS = ("mean", "mean+std")
-MFCC_STATS = "mfcc-stats"
 MFCC_STATS_KEY = "mfcc-stats-v1"  # bump when what mfcc-stats computes changes
-TARGETS_STATS = "targets-stats"
 TARGETS_STATS_KEY = "targets-stats-v1"  # bump when what targets-stats computes changes
 CACHE_FORMAT = "trainer-embeddings/1"
-
-
-def crop_bounds(n_frames: int, crop_frames: int) -> list[tuple[int, int]]:
-    """Consecutive crops ``[start, stop)`` in frames covering ``n_frames`` frames.
-
-    Parameters
-    ----------
-    n_frames : int
-        Frames of the clip.
-    crop_frames : int
-        Longest crop, in frames (at least 1).
-
-    Returns
-    -------
-    list of (int, int)
-        Full crops of ``crop_frames`` and, when ``n_frames`` is not a multiple, a last
-        shorter crop (always at least one frame). Empty for ``n_frames == 0``.
-    """
-    crop_frames = max(1, int(crop_frames))
-    return [(s, min(s + crop_frames, n_frames)) for s in range(0, n_frames, crop_frames)]
 
 
 def pool(frames: np.ndarray, pooling: str) -> np.ndarray:
@@ -106,15 +87,6 @@ def _sha1_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _clip_wave(store: Store, i: int, n_frames: int, hop: int) -> np.ndarray:
-    """Clip ``i`` as float32 in [-1, 1], cut to ``n_frames * hop`` samples (zero-padded to
-    one frame for a clip shorter than one hop)."""
-    wave = np.asarray(store.waveform_of(i)[: n_frames * hop], dtype=np.float32) / 32768.0
-    if n_frames == 0:
-        wave = np.zeros(hop, dtype=np.float32)
-    return wave
 
 
 # ---------------------------------------------------------------------------- embedders
@@ -318,8 +290,8 @@ class EncoderEmbedder(Embedder):
         device = resolve_device(device)
         self.to(device)
         hop = self.hop
-        n_frames = max(1, int(store.clips["n_frames"][i]))
-        wave = torch.from_numpy(_clip_wave(store, i, int(store.clips["n_frames"][i]), hop))
+        wave = torch.from_numpy(clip_wave(store, i))
+        n_frames = wave.shape[0] // hop
         crop_frames = max(1, int(self.crop_seconds * self.sample_rate) // hop)
         bounds = crop_bounds(n_frames, crop_frames)
         full = [b for b in bounds if b[1] - b[0] == crop_frames]
@@ -333,7 +305,7 @@ class EncoderEmbedder(Embedder):
         return np.concatenate(out).astype(np.float32)
 
 
-STORE_BASELINES: dict[str, type[Embedder]] = {
+STORE_EMBEDDERS: dict[str, type[Embedder]] = {
     MFCC_STATS: MfccStatsEmbedder, TARGETS_STATS: TargetsStatsEmbedder}
 """Encoder specs that read a feature store instead of audio (no network), by name."""
 
@@ -384,10 +356,14 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     from trainer.encoders import ENCODERS, build_encoder
 
     dev = resolve_device(device)
-    if spec in STORE_BASELINES:
-        return STORE_BASELINES[spec]()
-    if spec.startswith("random:"):
-        target = spec.split(":", 1)[1]
+    parsed = parse_spec(spec)
+    if parsed.kind == "store":
+        return STORE_EMBEDDERS[spec]()
+    if parsed.kind == "supervised":
+        raise ValueError(f"{spec}: a supervised baseline is trained on a store's labels "
+                         "(trainer probe), it does not embed")
+    if parsed.kind == "random":
+        target = parsed.target
         sample_rate = 16000
         if target in ENCODERS:
             name, kwargs = target, dict(encoder_kwargs or {})
@@ -395,7 +371,7 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
             if encoder_kwargs:
                 raise ValueError(f"{spec}: the architecture comes from the encoder file; "
                                  "encoder_kwargs cannot change it")
-            name, kwargs, sample_rate = _architecture_of(target)
+            name, kwargs, sample_rate = architecture_of(target)
         else:
             raise ValueError(f"{spec!r}: {target!r} is neither a known encoder "
                              f"({', '.join(sorted(ENCODERS))}) nor an encoder file")
@@ -412,14 +388,10 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     if not os.path.exists(spec):
         raise FileNotFoundError(
             f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>', "
-            f"{', '.join(repr(name) for name in STORE_BASELINES)})")
-    from trainer.pretrain import read_encoder_file
-
+            f"{', '.join(repr(name) for name in STORE_EMBEDDERS)})")
     read_encoder_file(spec, mmap=True)  # an encoder file? (its weights are not read)
 
     def load() -> nn.Module:
-        from trainer import load_encoder
-
         return load_encoder(spec, device=dev)
 
     return EncoderEmbedder(spec, _sha1_file(spec), load)
@@ -435,15 +407,6 @@ def _full_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         enc = build_encoder(name, **kwargs)
     config = enc.config() if hasattr(enc, "config") else kwargs
     return json.loads(json.dumps(config))
-
-
-def _architecture_of(path: str) -> tuple[str, dict[str, Any], int]:
-    """Encoder name, keyword arguments and sample rate recorded in an ``encoder.pt``."""
-    from trainer.pretrain import read_encoder_file
-
-    payload = read_encoder_file(path)
-    kwargs = json.loads(json.dumps(payload["kwargs"]))  # tuples as lists, like config()
-    return str(payload["encoder"]), kwargs, int(payload["sample_rate"])
 
 
 # ---------------------------------------------------------------------------- clip embeddings
@@ -554,6 +517,7 @@ def _write_cache(path: Path, X: np.ndarray, ids: list[str], identity: dict[str, 
 
 def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
                      batch_size: int, device: torch.device,
+                     on_batch: Callable[[int], None] = lambda frames: None,
                      ) -> Iterator[tuple[int, np.ndarray]]:
     """Frame embeddings ``(clip, [T, D])`` of every clip, in clip order, computed in
     batches of equal-length crops drawn from many clips.
@@ -577,6 +541,7 @@ def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
             chunk = items[k : k + batch_size]
             waves = torch.from_numpy(np.stack([w for _, _, w in chunk])).to(device)
             out = embedder.encode(waves).cpu().numpy()
+            on_batch(len(chunk) * length)
             for (clip, j, _), frames in zip(chunk, out, strict=True):
                 pieces[clip][j] = frames
 
@@ -588,9 +553,8 @@ def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
             next_clip += 1
 
     for i in range(store.n_clips):
-        n = int(store.clips["n_frames"][i])
-        wave = _clip_wave(store, i, n, hop)
-        bounds = crop_bounds(max(1, n), crop_frames)
+        wave = clip_wave(store, i)
+        bounds = crop_bounds(len(wave) // hop, crop_frames)
         pieces[i] = [None] * len(bounds)
         for j, (a, b) in enumerate(bounds):
             buckets.setdefault(b - a, []).append((i, j, wave[a * hop : b * hop]))
@@ -684,21 +648,33 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
     from tqdm import tqdm
 
     embedder.check(store)
-    bar = tqdm(total=store.n_clips, disable=not progress, file=sys.stderr, unit="clip",
+    crop_frames = 1
+    if isinstance(embedder, EncoderEmbedder):
+        embedder.to(device)
+        crop_frames = max(1, int(crop_seconds * embedder.sample_rate) // embedder.hop)
+        # The first call of a shape sets up kernels (several times a later call on a CPU):
+        # done before the bar starts, so that its rate and ETA are right from the first tick.
+        full = int(np.sum(np.asarray(store.clips["n_frames"]) // crop_frames))
+        if progress and full:
+            embedder.encode(torch.zeros(min(batch_size, full), crop_frames * embedder.hop,
+                                        device=device))
+    # Progress in seconds of audio, advanced as each batch is encoded (clips finish in
+    # bursts, a batch at a time), so that the rate and the ETA are right from the first tick.
+    n_frames = np.maximum(np.asarray(store.clips["n_frames"], dtype=np.int64), 1)
+    per_second = store.sample_rate / store.hop
+    bar = tqdm(total=round(float(n_frames.sum()) / per_second, 1), disable=not progress,
+               file=sys.stderr, unit="audio-s", unit_scale=True, smoothing=0.05,
                desc=f"embedding {Path(store.path).name}")
     rows: list[np.ndarray] = []
     try:
         if isinstance(embedder, EncoderEmbedder):
-            embedder.to(device)
-            crop_frames = max(1, int(crop_seconds * embedder.sample_rate) // embedder.hop)
-            for _, frames in _encoder_batches(embedder, store, crop_frames, batch_size,
-                                              device):
+            for _, frames in _encoder_batches(embedder, store, crop_frames, batch_size, device,
+                                              lambda f: bar.update(f / per_second)):
                 rows.append(pool(frames, pooling))
-                bar.update(1)
         else:
             for i in range(store.n_clips):
                 rows.append(embedder.pooled(store, i, pooling, device))
-                bar.update(1)
+                bar.update(int(n_frames[i]) / per_second)
     finally:
         bar.close()
     if not rows:
@@ -707,6 +683,6 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
 
 
 __all__ = [
-    "STORE_BASELINES", "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder",
-    "TargetsStatsEmbedder", "cache_path", "clip_embeddings", "crop_bounds", "load_embedder", "pool",
+    "STORE_EMBEDDERS", "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder",
+    "TargetsStatsEmbedder", "cache_path", "clip_embeddings", "load_embedder", "pool",
 ]

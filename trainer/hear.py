@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.embed import STORE_BASELINES, EncoderEmbedder, crop_bounds, load_embedder
+from trainer.data import crop_bounds
+from trainer.embed import EncoderEmbedder, load_embedder
+from trainer.specs import parse_spec
 
 SAMPLE_RATE = 16000
 
@@ -179,7 +181,7 @@ def load_model(model_file_path: str = "", **kwargs: Any) -> HearModel:
         raise ValueError("load_model needs model_file_path: an encoder.pt written by "
                          "'trainer pretrain', or 'random:pase+' for an untrained encoder")
     spec = os.fspath(model_file_path)
-    if spec in STORE_BASELINES:
+    if parse_spec(spec).kind == "store":
         raise ValueError(f"{spec} reads a feature store, not audio; HEAR needs an encoder")
     embedder = load_embedder(spec, seed=int(kwargs.get("seed", 0)),
                              device=kwargs.get("device", "cpu"),

@@ -54,9 +54,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import PretrainConfig, apply_preset
+from trainer.specs import parse_spec
 
 if TYPE_CHECKING:
-    from trainer.probe import ProbeConfig
+    from trainer.evaluation import ProbeConfig
 
 
 @dataclass
@@ -234,17 +235,14 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
     ValueError
         A device this machine lacks (:class:`trainer.device.DeviceError`), an unknown
         probe option, a probe store that does not open or whose labels do not suit the
-        probe (:func:`trainer.probe.check_store`), an unknown baseline, or
+        probe (:func:`trainer.evaluation.check_store`), an unknown baseline, or
         ``mfcc-stats`` on a store without ``mfcc`` (``targets-stats`` without a default
         target).
     """
-    import torch
-
     from featurestore.store import open_store
     from trainer.device import resolve_device
     from trainer.embed import EncoderEmbedder, load_embedder
-    from trainer.encoders import build_encoder
-    from trainer.probe import ProbeConfig, check_store
+    from trainer.evaluation import ProbeConfig, check_store
 
     resolve_device(device)
     for run in sweep.runs:
@@ -271,9 +269,7 @@ def check_sweep(sweep: Sweep, device: str = "auto") -> list[ProbeStore]:
         for baseline in sweep.baselines:
             if baseline == "random":
                 continue
-            if baseline.startswith("supervised:"):
-                with torch.device("meta"):
-                    build_encoder(baseline.split(":", 1)[1])
+            if parse_spec(baseline).kind == "supervised":  # the encoder name is known
                 continue
             embedder = load_embedder(baseline)
             if not isinstance(embedder, EncoderEmbedder):  # mfcc-stats, targets-stats
@@ -315,8 +311,9 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
     if runs is not None:
         sweep = select_runs(sweep, runs)
     from trainer.embed import clip_embeddings
-    from trainer.pretrain import CHECKPOINT, ENCODER, pretrain
-    from trainer.probe import run_probe
+    from trainer.encoder_file import ENCODER
+    from trainer.evaluation import run_probe
+    from trainer.pretrain import CHECKPOINT, pretrain
     from trainer.report import compare, write_report
 
     probe_stores = check_sweep(sweep, device)
@@ -342,7 +339,8 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
         supervised_crop = probe_store.supervised_crop_seconds
         for name, spec in probe_specs(sweep, out):
             report_dir = out / "reports" / name / _slug(store_name)
-            if spec.startswith("supervised:") and config.folds is not None:
+            parsed = parse_spec(spec)
+            if parsed.kind == "supervised" and config.folds is not None:
                 echo(f"probe {name} on {store_name}: skipped (supervised training needs "
                      f"the store's splits, not {config.folds} folds)")
                 continue
@@ -351,10 +349,10 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
                 echo(f"probe {name} on {store_name}: done already")
                 continue
             echo(f"probe {name} on {store_name}")
-            if spec.startswith("supervised:"):
+            if parsed.kind == "supervised":
                 from trainer.supervised import run_supervised
 
-                encoder = spec.split(":", 1)[1]
+                encoder = parsed.target
                 # the architecture the sweep pre-trains under that name, else its defaults
                 kwargs = next((dict(run.config.encoder_kwargs or {}) for run in sweep.runs
                                if run.config.encoder == encoder), {})
@@ -373,7 +371,8 @@ def run_sweep(sweep: Sweep, out: Path, *, device: str = "auto", progress: bool =
                 continue
             emb = clip_embeddings(spec, store_path, pooling=pooling, device=device,
                                   crop_seconds=crop_seconds, progress=progress)
-            result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
+            result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config,
+                               progress=progress)
             write_report(report_dir, result, meta={
                 "name": name, "encoder": spec, "encoder_key": emb.key, "store": store_path,
                 "store_name": store_name, "pooling": pooling, "crop_seconds": crop_seconds,
