@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.probe import ProbeConfig, ProbeResult, run_probe
+from trainer.evaluation import ProbeConfig, ProbeResult, run_probe
 from trainer.report import compare, load_result, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -266,12 +266,13 @@ def test_write_report_records_the_pretraining_config(tmp_path: Path, classificat
     from stores import TINY_PASE
 
     from trainer.config import PretrainConfig
+    from trainer.encoder_file import save_encoder
     from trainer.encoders import build_encoder
-    from trainer.pretrain import save_encoder
 
     encoder = build_encoder("pase+", **TINY_PASE)
     path = tmp_path / "encoder.pt"
-    save_encoder(path, encoder, "pase+", PretrainConfig(seed=7, weighting="dwa"), 10, 16000)
+    save_encoder(path, encoder, "pase+", PretrainConfig(seed=7, weighting="dwa").to_dict(), 10,
+                 16000)
     result, _, _ = classification
     write_report(tmp_path / "r", result, meta={"encoder": str(path)})
     data = json.loads((tmp_path / "r" / "result.json").read_text())
@@ -294,3 +295,68 @@ def test_compare_command_groups_unless_per_seed(tmp_path: Path) -> None:
     assert "± over 2 pre-training seeds" in grouped.output
     apart = CliRunner().invoke(cli, ["compare", "--per-seed", *paths])
     assert apart.exit_code == 0 and apart.output.count("± over 3 probe seeds") == 2
+
+
+def test_figures_name_the_run_and_the_store_and_label_the_projection_axes(
+        tmp_path: Path, classification, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.pyplot as plt
+
+    figures: list = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    result, X, labels = classification
+    write_report(tmp_path, result, meta=META, embeddings=(X, labels))
+    confusion, per_class, projection = (f.axes[0] for f in figures)
+    assert confusion.get_title().startswith("pase+ equal on stores/gtzan.h5\nconfusion")
+    assert per_class.get_title().startswith("pase+ equal on stores/gtzan.h5\nper-class F1")
+    assert projection.get_title() == "pase+ equal on stores/gtzan.h5: clip embeddings (PCA)"
+    xlabel, ylabel = projection.get_xlabel(), projection.get_ylabel()
+    assert xlabel.startswith("PC 1 (") and ylabel.startswith("PC 2 (")
+    share = [float(a.split("(")[1].split(" %")[0]) for a in (xlabel, ylabel)]
+    assert 100 >= share[0] >= share[1] > 0  # three clusters: two strong components
+
+
+def test_projection_shares_are_the_variance_of_the_z_scored_data() -> None:
+    from trainer.report import projection_2d
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3)) * [1.0, 1.0, 1.0]
+    X[:, 1] = X[:, 0]  # two identical columns: PC 1 holds 2 of the 3 unit variances
+    coords, axes = projection_2d(X, "pca")
+    assert coords.shape == (500, 2)
+    assert axes[0] == "PC 1 (66.7 % of variance)" and axes[1] == "PC 2 (33.3 % of variance)"
+
+
+def test_every_class_of_eleven_gets_its_own_colour_and_no_class_is_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.pyplot as plt
+
+    from trainer.report import _plot_projection, class_colours
+
+    figures: list = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    names = [f"family{k:02d}" for k in range(10)] + ["vocal"]
+    labels = [names[k % 11] for k in range(220)]
+    X = np.random.default_rng(0).normal(size=(220, 6))
+    _plot_projection(X, labels, tmp_path / "p.png", "pca", "t")
+    ax = figures[0].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [f"{n} (20)" for n in names]
+    colours = {tuple(c.get_facecolor()[0][:3]) for c in ax.collections}
+    assert len(colours) == 11
+    assert len({tuple(c) for c in class_colours(25)}) == 25
+
+
+def test_per_class_bars_keep_zero_scores_and_error_bars_inside_0_1() -> None:
+    from types import SimpleNamespace
+
+    from trainer.report import per_class_scores
+
+    per_seed = [{"test": {"per_class": {"a": {"f1": f1a}, "b": {"f1": f1b}, "c": {"f1": 0.0}}}}
+                for f1a, f1b in [(0.1, 1.0), (0.9, 0.9)]]
+    result = SimpleNamespace(task="classification", classes=["a", "b", "c"], per_seed=per_seed)
+    key, names, mean, err = per_class_scores(result)  # type: ignore[arg-type]
+    assert (key, names) == ("f1", ["a", "b", "c"])
+    np.testing.assert_allclose(mean, [0.5, 0.95, 0.0])
+    np.testing.assert_allclose(err, [[0.4, 0.05, 0.0], [0.4, 0.05, 0.0]])
+    assert np.all(mean - err[0] >= 0) and np.all(mean + err[1] <= 1)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from featurestore.errors import FeatureStoreError
+from trainer.specs import SPEC_HELP, parse_spec
 
 DEVICE_HELP = "auto (CUDA when torch sees one, else CPU), cpu, cuda or cuda:N."
 
@@ -35,7 +36,36 @@ def _preset_names() -> list[str]:
     return preset_names()
 
 
-@click.group()
+def _config_default(name: str) -> str:
+    """A PretrainConfig default as the help shows it (the options below default to None so
+    that a preset and a config file can set them; the help shows what applies without)."""
+    from trainer.config import PretrainConfig
+
+    value = getattr(PretrainConfig(), name)
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def _registry(name: str) -> list[str]:
+    if name == "encoder":
+        from trainer.encoders import ENCODERS
+
+        return sorted(ENCODERS)
+    from trainer.weighting import WEIGHTINGS
+
+    return sorted(WEIGHTINGS)
+
+
+QUIET_HELP = "No progress bars."
+
+
+def _demo_steps() -> list[tuple[str, int]]:
+    from trainer.demo import DEMO_STEPS
+
+    return list(DEMO_STEPS.items())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featurestore", prog_name="trainer")
 def main() -> None:
     """Pre-train music encoders on feature stores, and evaluate them."""
 
@@ -44,38 +74,48 @@ def main() -> None:
 @click.option("--preset", type=click.Choice(_preset_names()),
               help="A named recipe (trainer/presets/) as the base of the config.")
 @click.option("--store", help="Training store(s): path, glob, or comma-separated list.")
-@click.option("--valid-store", help="Held-out store(s) for validation losses.")
-@click.option("--out", help="Run folder.")
-@click.option("--encoder", help="pase+, samplecnn or melcnn.")
-@click.option("--workers", help="Comma-separated workers, or 'default' / 'all'.")
-@click.option("--weighting", help="equal, fixed, uncertainty, dwa or gradnorm.")
-@click.option("--crop-seconds", type=float)
-@click.option("--batch-size", type=int)
-@click.option("--steps", type=int)
-@click.option("--lr", type=float)
-@click.option("--warmup-steps", type=int)
-@click.option("--device", help=DEVICE_HELP + " [auto]")
-@click.option("--cache", type=click.Choice(["none", "ram", "device"]))
+@click.option("--valid-store", help="Held-out store(s) for validation losses and R².")
+@click.option("--out", show_default=_config_default("out"), help="Run folder.")
+@click.option("--encoder", type=click.Choice(_registry("encoder")),
+              show_default=_config_default("encoder"), help="Encoder architecture.")
+@click.option("--workers", show_default=_config_default("workers"),
+              help="Worker heads: comma-separated target names, or 'default' / 'all'.")
+@click.option("--weighting", type=click.Choice(_registry("weighting")),
+              show_default=_config_default("weighting"), help="How the workers' losses "
+              "are weighted.")
+@click.option("--crop-seconds", type=float, show_default=_config_default("crop_seconds"))
+@click.option("--batch-size", type=int, show_default=_config_default("batch_size"))
+@click.option("--steps", type=int, show_default=_config_default("steps"))
+@click.option("--lr", type=float, show_default=_config_default("lr"), help="Peak AdamW rate.")
+@click.option("--warmup-steps", type=int, show_default=_config_default("warmup_steps"))
+@click.option("--device", show_default=_config_default("device"), help=DEVICE_HELP)
+@click.option("--cache", type=click.Choice(["none", "ram", "device"]),
+              show_default=_config_default("cache"),
+              help="Where the stores' arrays are held: memory maps, RAM or the device.")
 @click.option("--no-distort", "distort", flag_value=False, default=None,
               help="Train on clean crops (no denoising objective).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile.")
-@click.option("--seed", type=int)
-@click.option("--log-every", type=int)
-@click.option("--eval-every", type=int)
-@click.option("--save-every", type=int)
+@click.option("--seed", type=int, show_default=_config_default("seed"))
+@click.option("--log-every", type=int, show_default=_config_default("log_every"))
+@click.option("--eval-every", type=int, show_default=_config_default("eval_every"))
+@click.option("--save-every", type=int, show_default=_config_default("save_every"))
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any config option (repeatable), e.g. --set weight_decay=0.05 "
+                   "--set encoder_kwargs.dim=256; values are TOML.")
 @click.option("--config", "config_file", type=click.Path(), help="TOML or YAML config file.")
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the run in this folder exactly where it stopped.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compile_: bool | None,
-             preset: str | None, **options: Any) -> None:
+             preset: str | None, settings: tuple[str, ...], **options: Any) -> None:
     """Multi-task self-supervised pre-training of an encoder.
 
-    Options come from the defaults, then --preset, then --config, then the command line."""
+    Options come from the defaults, then --preset, then --config, then the command line
+    (--set last). On a CPU, start from --preset cpu-small."""
     from pathlib import Path
 
-    from trainer.config import PretrainConfig, read_config_file, resolve_config
+    from trainer.config import PretrainConfig, parse_settings, read_config_file, resolve_config
     from trainer.device import resolve_device
     from trainer.pretrain import pretrain as run
 
@@ -83,6 +123,9 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
         resolve_device(options["device"])  # before any config, store or run folder is read
     options["compile"] = compile_
     if resume_dir is not None:
+        if settings or preset or config_file:
+            raise ValueError("--resume continues a run with its own config; only --steps and "
+                             "--device may change (not --set, --preset or --config)")
         saved = Path(resume_dir) / "config.json"
         if not saved.exists():
             raise FileNotFoundError(f"{resume_dir}: no config.json: not a run folder")
@@ -94,14 +137,15 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
         cfg = PretrainConfig.from_dict(data, str(saved))
         out = run(cfg, resume=True, progress=not quiet)
     else:
-        cfg = resolve_config(config_file, options, preset=preset)
+        cfg = resolve_config(config_file, options, preset=preset,
+                             settings=parse_settings(settings))
         out = run(cfg, progress=not quiet)
     click.echo(f"encoder saved to {out / 'encoder.pt'}")
 
 
 @main.command()
 @click.option("--encoder", "spec", required=True,
-              help="encoder.pt, random:<encoder or encoder.pt>, mfcc-stats or "
+              help="encoder.pt, random:<encoder name or encoder.pt>, mfcc-stats or "
                    "targets-stats.")
 @click.option("--store", required=True, type=click.Path(), help="Store whose clips to embed.")
 @click.option("--pooling", default="mean+std", show_default=True,
@@ -109,7 +153,7 @@ def pretrain(config_file: str | None, resume_dir: str | None, quiet: bool, compi
 @click.option("--crop-seconds", default=10.0, show_default=True,
               help="Long clips are embedded in crops of this length, then pooled.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
           quiet: bool) -> None:
@@ -126,9 +170,7 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
 
 @main.command()
 @click.option("--encoder", "spec", required=True,
-              help="encoder.pt, random:<encoder or encoder.pt>, mfcc-stats, "
-                   "targets-stats, or supervised:<encoder> (trained from scratch on the "
-                   "store's labels).")
+              help=SPEC_HELP + ".")
 @click.option("--store", required=True, type=click.Path(), help="Labeled store.")
 @click.option("--classifier", default="mlp", show_default=True,
               type=click.Choice(["linear", "mlp"]))
@@ -147,7 +189,7 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
                    "and random:<encoder name>.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", required=True, type=click.Path(), help="Report folder.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | None, seeds: int,
           task: str, crop_seconds: float | None, steps: int, encoder_kwargs_json: str | None,
@@ -161,10 +203,11 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
 
     from trainer.device import resolve_device
     from trainer.embed import clip_embeddings, load_embedder
-    from trainer.probe import ProbeConfig, check_store, run_probe
+    from trainer.evaluation import ProbeConfig, check_store, run_probe
     from trainer.report import write_report
 
     dev = resolve_device(device)
+    parsed = parse_spec(spec)
     encoder_kwargs = None
     if encoder_kwargs_json is not None:
         try:
@@ -173,17 +216,17 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
             raise ValueError(f"--encoder-kwargs: not JSON ({e})") from None
         if not isinstance(encoder_kwargs, dict):
             raise ValueError("--encoder-kwargs: expected a JSON object")
-        if not spec.startswith(("supervised:", "random:")):
+        if not parsed.builds_encoder:
             raise ValueError("--encoder-kwargs applies to supervised:<encoder> and "
                              "random:<encoder> only")
     config = ProbeConfig(classifier=classifier, folds=folds, seeds=seeds, task=task,
                          device=str(dev))
     meta: dict[str, Any] = {"name": Path(out).name, "encoder": spec, "store": store,
                             "store_name": Path(store).stem}
-    if spec.startswith("supervised:"):
+    if parsed.kind == "supervised":
         from trainer.supervised import run_supervised
 
-        encoder = spec.split(":", 1)[1]
+        encoder = parsed.target
         crop = 2.0 if crop_seconds is None else crop_seconds
         result = run_supervised(store, config, encoder=encoder, encoder_kwargs=encoder_kwargs,
                                 steps=steps, crop_seconds=crop, device=dev,
@@ -198,7 +241,8 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
         embedder = load_embedder(spec, device=dev, encoder_kwargs=encoder_kwargs)
         emb = clip_embeddings(embedder, store, pooling=pooling, device=dev,
                               crop_seconds=crop, progress=not quiet)
-        result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config)
+        result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config,
+                           progress=not quiet)
         meta.update(encoder_key=emb.key, pooling=pooling, crop_seconds=crop)
         embeddings = (emb.X, emb.labels)
     path = write_report(Path(out), result, meta=meta, embeddings=embeddings)
@@ -238,7 +282,7 @@ def compare(results: tuple[str, ...], out: str | None, per_seed: bool) -> None:
               help="Only the runs whose names match this glob, without the baselines (to "
                    "share a sweep between processes; a last pass without --runs probes "
                    "the baselines and writes the whole table).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, pattern: str | None,
           quiet: bool) -> None:
@@ -267,9 +311,10 @@ def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, pattern:
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--scale", default=1.0, show_default=True, help="Size of the demo corpus.")
-@click.option("--steps", type=int, help="Pre-training steps [400 on CPU, 3000 on CUDA].")
+@click.option("--steps", type=int, help="Pre-training steps [" + ", ".join(
+    f"{n} on {dev.upper() if dev == 'cpu' else 'CUDA'}" for dev, n in _demo_steps()) + "].")
 @click.option("--seeds", default=3, show_default=True, help="Probe seeds.")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def demo(out: str, device: str, scale: float, steps: int | None, seeds: int,
          quiet: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,17 +205,83 @@ def apply_preset(data: dict[str, Any]) -> dict[str, Any]:
     return {**base, **data}
 
 
+TABLE_OPTIONS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)
+                          if str(f.type).startswith("dict"))
+"""Options that are tables (``encoder_kwargs``, ...): ``--set`` may set one entry."""
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs (``trainer pretrain --set``) as config options.
+
+    A value is read as a TOML value when it is one (``3e-4``, ``true``, ``[2, 2]``,
+    ``{dim = 256}``, ``"text"``), else kept as the plain string. A dotted key
+    (``encoder_kwargs.dim=256``) sets one entry of a table option.
+
+    Parameters
+    ----------
+    pairs : sequence of str
+        ``key=value`` strings, applied in order.
+
+    Returns
+    -------
+    dict
+        Options by field name; a dotted key gives a dict under its field.
+
+    Raises
+    ------
+    ValueError
+        A pair without ``=``, or a key that is not a field of :class:`PretrainConfig`
+        (or a dotted key on a field that is not a table).
+
+    Examples
+    --------
+    >>> parse_settings(["lr=3e-4", "encoder_kwargs.dim=256", "out=runs/a"])
+    {'lr': 0.0003, 'encoder_kwargs': {'dim': 256}, 'out': 'runs/a'}
+    """
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected key=value")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        name, _, entry = key.partition(".")
+        if name not in fields:
+            raise ValueError(f"--set {pair!r}: unknown option {name!r}; options: "
+                             f"{', '.join(sorted(fields))}")
+        if entry:
+            if name not in TABLE_OPTIONS:
+                raise ValueError(f"--set {pair!r}: {name} is not a table option "
+                                 f"({', '.join(sorted(TABLE_OPTIONS))})")
+            out.setdefault(name, {})[entry] = value
+        else:
+            out[name] = value
+    return out
+
+
 def resolve_config(file: str | Path | None, overrides: dict[str, Any],
-                   preset: str | None = None) -> PretrainConfig:
+                   preset: str | None = None,
+                   settings: dict[str, Any] | None = None) -> PretrainConfig:
     """Defaults, then the preset (``preset``, else the file's ``preset`` key), then
-    ``file``, then the non-None ``overrides`` (the command line)."""
+    ``file``, then the non-None ``overrides`` (the command line's options), then
+    ``settings`` (:func:`parse_settings`; a dotted key's table updates the resolved table
+    option entry by entry)."""
     data: dict[str, Any] = {}
     if file is not None:
         data.update(read_config_file(file))
     if preset is not None:
         data["preset"] = preset
     data.update({k: v for k, v in overrides.items() if v is not None})
+    settings = settings or {}
+    data.update({k: v for k, v in settings.items() if not isinstance(v, dict)})
     data = apply_preset(data)
+    for key, table in settings.items():  # dotted keys: entries of the resolved table
+        if isinstance(table, dict):
+            data[key] = {**(data.get(key) or {}), **table}
     for key in ("store", "valid_store", "workers"):
         if isinstance(data.get(key), str):
             data[key] = [x.strip() for x in data[key].split(",") if x.strip()]

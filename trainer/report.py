@@ -24,14 +24,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer.probe import MAIN_METRIC, SCALAR_METRICS, ProbeResult
+from trainer.evaluation import (
+    MAIN_METRIC,
+    SCALAR_METRICS,
+    ProbeResult,
+    is_tag_list,
+    split_tags,
+    to_plain,
+)
 
 __all__ = ["RESULT_FORMAT", "aggregate_seeds", "compare", "load_result", "pretrain_recipe",
            "write_report"]
@@ -45,35 +51,7 @@ _METRIC_NAMES = {
 }
 _METRIC_PHRASE = {"accuracy": "an accuracy", "roc_auc_macro": "a macro ROC-AUC"}
 _METRIC_ORDER = ("accuracy", "macro_f1", "roc_auc_macro", "pr_auc_macro")
-_MAX_LEGEND = 10  # labels coloured individually in the projection; the rest are "other"
 _MAX_POINTS = 5000  # clips drawn in the projection (a seeded subsample beyond)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types from numpy values, paths, tuples and dataclass-like objects."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        obj = float(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if obj is None or isinstance(obj, str | int | bool):
-        return obj
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return _jsonable(asdict(obj))
-    return str(obj)
 
 
 def _run_name(meta: dict[str, Any], fallback: str) -> str:
@@ -106,7 +84,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _plot_confusion(result: ProbeResult, path: Path) -> None:
+def _plot_confusion(result: ProbeResult, path: Path, title: str) -> None:
     """Confusion counts summed over seeds, each row divided by its total."""
     plt = _pyplot()
     counts = np.sum([s["test"]["confusion"] for s in result.per_seed], axis=0).astype(float)
@@ -120,28 +98,33 @@ def _plot_confusion(result: ProbeResult, path: Path) -> None:
     ax.set_yticks(range(n), result.classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"Confusion (rows normalised), {len(result.per_seed)} seed(s)")
+    ax.set_title(f"{title}\nconfusion (rows normalised), {len(result.per_seed)} seed(s)")
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(
-                    j,
-                    i,
-                    f"{norm[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _plot_per_class(result: ProbeResult, path: Path) -> None:
-    """Horizontal bars: per-class F1 or ROC-AUC, mean over seeds with std error bars."""
-    plt = _pyplot()
+def per_class_scores(result: ProbeResult) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+    """Per-class test score (F1 for classification, ROC-AUC for tagging) over seeds.
+
+    Returns
+    -------
+    key : str
+        ``"f1"`` or ``"roc_auc"``.
+    names : list of str
+        The classes that have a score (ROC-AUC is undefined for a tag absent from test).
+    mean : np.ndarray, shape (n,)
+        Mean over seeds, in [0, 1].
+    err : np.ndarray, shape (2, n)
+        Lower and upper error-bar lengths: the std over seeds, clipped so that the bar
+        stays inside [0, 1].
+    """
     key = "f1" if result.task == "classification" else "roc_auc"
     names, means, stds = [], [], []
     for c in result.classes:
@@ -151,27 +134,55 @@ def _plot_per_class(result: ProbeResult, path: Path) -> None:
             names.append(c)
             means.append(float(np.mean(values)))
             stds.append(float(np.std(values)))
+    mean, std = np.asarray(means, dtype=float), np.asarray(stds, dtype=float)
+    err = np.stack([np.minimum(std, mean), np.minimum(std, 1.0 - mean)]) if len(mean) else (
+        np.zeros((2, 0)))
+    return key, names, mean, err
+
+
+def _plot_per_class(result: ProbeResult, path: Path, title: str) -> None:
+    """Horizontal bars: per-class F1 or ROC-AUC, mean over seeds with std error bars inside
+    [0, 1]; every bar is outlined and labelled, so a score of zero is a visible bar."""
+    plt = _pyplot()
+    key, names, mean, err = per_class_scores(result)
+    metric = "ROC-AUC" if key == "roc_auc" else "F1"
     fig, ax = plt.subplots(figsize=(7, min(2 + 0.3 * max(len(names), 1), 30)))
     y = np.arange(len(names))
-    ax.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=2)
+    ax.barh(y, mean, xerr=err, color="tab:blue", alpha=0.8, capsize=2, edgecolor="tab:blue",
+            linewidth=1.5)
+    for yi, m in zip(y, mean, strict=True):
+        ax.text(min(m, 0.9) + 0.01, yi, f"{m:.2f}", va="center", fontsize=7)
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     if key == "roc_auc":
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
         ax.legend(loc="lower right")
-    ax.set_xlabel("ROC-AUC" if key == "roc_auc" else "F1")
-    ax.set_title(
-        f"Per-class {'ROC-AUC' if key == 'roc_auc' else 'F1'} on test "
-        f"(mean ± std over {len(result.per_seed)} seed(s))"
-    )
+    ax.set_xlabel(metric)
+    ax.set_title(f"{title}\nper-class {metric} on test (mean ± std over "
+                 f"{len(result.per_seed)} seed(s))")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def _projection_2d(X: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """2-D coordinates of the z-scored rows of ``X`` by PCA or t-SNE."""
+def projection_2d(X: np.ndarray, method: str, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """2-D coordinates of the z-scored rows of ``X`` by PCA or t-SNE, with axis labels.
+
+    Parameters
+    ----------
+    X : np.ndarray, shape (n, D)
+    method : {"pca", "tsne"}
+    seed : int
+        t-SNE's random state.
+
+    Returns
+    -------
+    coords : np.ndarray, shape (n, 2)
+    axes : list of str
+        ``"PC 1 (34.2 % of variance)"``, ``"PC 2 (...)"`` for PCA (the share of the
+        z-scored data's total variance); ``"t-SNE 1"``, ``"t-SNE 2"`` for t-SNE.
+    """
     X = np.asarray(X, dtype=np.float64)
     std = X.std(axis=0)
     X = (X - X.mean(axis=0)) / np.where(std > 1e-12, std, 1.0)
@@ -179,14 +190,28 @@ def _projection_2d(X: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (len(X) - 1) / 3)))
-        return TSNE(
-            n_components=2, perplexity=perplexity, init="pca", random_state=seed
-        ).fit_transform(X)
-    _, _, vt = np.linalg.svd(X, full_matrices=False)
+        coords = TSNE(n_components=2, perplexity=perplexity, init="pca",
+                      random_state=seed).fit_transform(X)
+        return coords, ["t-SNE 1", "t-SNE 2"]
+    _, sv, vt = np.linalg.svd(X, full_matrices=False)
     coords = X @ vt[:2].T
+    total = float(np.sum(sv**2))
+    shares = [float(v**2) / total if total > 0 else 0.0 for v in sv[:2]]
     if coords.shape[1] < 2:
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    return coords
+        shares += [0.0] * (2 - len(shares))
+    return coords, [f"PC {k + 1} ({100 * v:.1f} % of variance)" for k, v in enumerate(shares)]
+
+
+def class_colours(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinct colours: tab10 up to 10 classes, tab20 up to 20, else evenly spaced
+    hues of the 'turbo' map."""
+    plt = _pyplot()
+    if n <= 10:
+        return [plt.get_cmap("tab10")(k) for k in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(k) for k in range(n)]
+    return [plt.get_cmap("turbo")(v) for v in np.linspace(0.0, 1.0, n)]
 
 
 def _plot_projection(
@@ -201,32 +226,25 @@ def _plot_projection(
     if len(idx) > _MAX_POINTS:
         idx = np.sort(np.random.default_rng(0).choice(len(X), _MAX_POINTS, replace=False))
     # multi-label clips are coloured by their first tag
-    multilabel = any(";" in labels[i] for i in idx)
+    multilabel = any(is_tag_list(labels[i]) for i in idx)
     if multilabel:
         title += " (multi-label clips by their first tag)"
     empty = "(no tag)" if multilabel else "(unlabeled)"
-    shown = [labels[i].split(";")[0].strip() or empty for i in idx]
-    top = [name for name, _ in Counter(shown).most_common(_MAX_LEGEND)]
-    shown = [s if s in top else "(other)" for s in shown]
-    coords = _projection_2d(X[idx], method)
-    fig, ax = plt.subplots(figsize=(8, 6.5))
-    cmap = plt.get_cmap("tab10")
+    shown = [(split_tags(labels[i]) or [empty])[0] for i in idx]
+    coords, axes = projection_2d(X[idx], method)
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     groups = sorted(set(shown), key=lambda s: (s.startswith("("), s))
-    for k, name in enumerate(groups):
+    named = [g for g in groups if not g.startswith("(")]
+    colours = dict(zip(named, class_colours(len(named)), strict=True))
+    for name in groups:
         mask = np.array([s == name for s in shown])
-        colour = "lightgrey" if name.startswith("(") else cmap(k % 10)
-        ax.scatter(
-            coords[mask, 0],
-            coords[mask, 1],
-            s=8,
-            alpha=0.7,
-            color=colour,
-            label=f"{name} ({int(mask.sum())})",
-        )
-    ax.legend(fontsize=7, markerscale=2, loc="best")
+        ax.scatter(coords[mask, 0], coords[mask, 1], s=8, alpha=0.7,
+                   color=colours.get(name, "lightgrey"), label=f"{name} ({int(mask.sum())})")
+    ax.legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              ncol=1 + len(groups) // 30)
     ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -397,15 +415,16 @@ def write_report(
     name = _run_name(meta, out.name)
 
     payload = {"format": RESULT_FORMAT, "meta": meta, **result.to_dict()}
-    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
+    text = json.dumps(to_plain(payload), indent=2, allow_nan=False)
     tmp = out / "result.json.tmp"
     tmp.write_text(text + "\n")
     tmp.replace(out / "result.json")
 
     (out / "summary.md").write_text(_summary_md(result, meta, name))
+    title = f"{name} on {_store_name(meta)}"
     if result.task == "classification":
-        _plot_confusion(result, out / "confusion.png")
-    _plot_per_class(result, out / "per_class.png")
+        _plot_confusion(result, out / "confusion.png", title)
+    _plot_per_class(result, out / "per_class.png", title)
     if embeddings is not None:
         if isinstance(embeddings, tuple | list):
             X, labels = embeddings
@@ -416,7 +435,7 @@ def write_report(
             labels,
             out / "projection.png",
             projection,
-            f"{name}: clip embeddings ({projection.upper()})",
+            f"{title}: clip embeddings ({'PCA' if projection == 'pca' else 't-SNE'})",
         )
     return out
 
@@ -465,13 +484,13 @@ def pretrain_recipe(spec: Any) -> dict[str, Any] | None:
     """
     if not isinstance(spec, str | os.PathLike) or not os.path.isfile(spec):
         return None
-    from trainer.pretrain import read_encoder_file
+    from trainer.encoder_file import read_encoder_file
 
     try:
         config = read_encoder_file(spec, mmap=True).get("pretrain")
     except (ValueError, FileNotFoundError):
         return None
-    return _jsonable(config) if isinstance(config, dict) else None
+    return to_plain(config) if isinstance(config, dict) else None
 
 
 def _probe_identity(result: ProbeResult, meta: dict[str, Any]) -> str:
@@ -565,7 +584,7 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
         classification, ROC-AUC and PR-AUC for tagging; "—" where a run's task has no
         such metric), then the majority baseline's and chance's main metric (chance: the
         expected score of a guess from the training label prior, see
-        :class:`trainer.probe.ProbeResult`; "—" for results written without it), then
+        :class:`trainer.evaluation.ProbeResult`; "—" for results written without it), then
         Spread: what the ± is (``± over N probe seeds`` or ``± over N pre-training
         seeds``). Runs are grouped by store (``meta["store_name"]``, else
         ``meta["store"]``), stores in the order first given, and sorted within a store by
