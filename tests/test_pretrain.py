@@ -68,10 +68,8 @@ def test_a_tiny_pase_reduces_every_workers_loss(store: Path, tmp_path: Path) -> 
 
 def test_linear_heads_are_one_projection_per_regression_worker() -> None:
     from featurestore.targets import REGISTRY
-    from featurestore.targets.base import TargetSpec
 
-    specs = {n: TargetSpec.from_json(REGISTRY[n].spec_json()) for n in ("mfcc", "chroma",
-                                                                        "tempo")}
+    specs = {n: REGISTRY[n].spec() for n in ("mfcc", "chroma", "tempo")}
     heads = Workers(["mfcc", "chroma", "tempo", "lim"], specs, in_dim=32, hop=160, hidden=0)
     for name, dim in (("mfcc", 60), ("chroma", 12), ("tempo", 1)):
         net = heads.heads[name].net
@@ -243,3 +241,27 @@ def test_validation_losses_per_worker_on_a_held_out_store(store: Path, tmp_path:
                           valid_store=[str(store)], workers=["mfcc", "lim"],
                           diagnostics=False), progress=False)
     assert [r["step"] for r in losses(plain, "valid")] == [2, 4]
+
+
+def test_a_skipped_step_changes_no_weight(store: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every step poisoned: the device-side skip (fused AdamW's found_inf) leaves the weights
+    # exactly where a run with a zero learning rate leaves them (same forward passes, so the
+    # same batch-norm statistics), and the skips are reported at the log steps.
+    frozen = pretrain(tiny(store, tmp_path / "frozen", steps=4, lr=0.0, log_every=2,
+                           workers=["mfcc", "chroma"]), progress=False)
+    real = Workers.forward
+
+    def poisoned(self: Workers, *args: object, **kw: object) -> dict[str, torch.Tensor]:
+        out = real(self, *args, **kw)  # type: ignore[arg-type]
+        out["chroma"] = out["chroma"] * float("inf")
+        return out
+
+    monkeypatch.setattr(Workers, "forward", poisoned)
+    with pytest.warns(UserWarning, match=r"steps 1-2: 2 with a non-finite loss \(chroma\)"):
+        run = pretrain(tiny(store, tmp_path / "nan", steps=4, log_every=2,
+                            workers=["mfcc", "chroma"]), progress=False)
+    assert [r["skipped"] for r in losses(run)] == [2, 2]
+    a, b = (torch.load(p / "encoder.pt", weights_only=True)["state_dict"] for p in (frozen, run))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

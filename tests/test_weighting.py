@@ -183,12 +183,26 @@ def test_dwa_equal_ratios_give_ones() -> None:
     assert list(w.weights().values()) == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
 
 
-def test_dwa_skips_non_finite_steps() -> None:
-    w = DWA(["a"], period=2)
+def test_dwa_leaves_non_finite_steps_out_of_the_period_average() -> None:
+    w = DWA(["a"], period=3)
     w.after_step({"a": float("nan")})
-    assert int(w.count) == 0
-    w.after_step({"a": 1.0})
-    assert int(w.count) == 1
+    assert (int(w.calls), int(w.count)) == (1, 0)  # counts toward the period, not the average
+    w.after_step({"a": torch.tensor(1.0)})  # a device tensor, as the training loop passes
+    w.after_step({"a": 3.0})
+    assert w.history[1].tolist() == [2.0] and (int(w.count), int(w.periods)) == (0, 1)
+    for _ in range(3):  # a period with no finite step repeats the previous average
+        w.after_step({"a": float("inf")})
+    assert w.history.tolist() == [[2.0], [2.0]] and list(w.weights().values()) == [1.0]
+
+
+def test_dwa_reads_nothing_back_from_the_device_after_its_first_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    w = DWA(NAMES, period=2)
+    w.after_step(dict.fromkeys(NAMES, 1.0))
+    monkeypatch.setattr(torch.Tensor, "__int__", lambda self: pytest.fail("host read"))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("host read"))
+    for p in range(6):
+        w.after_step({n: torch.tensor(0.9**p) for n in NAMES})
 
 
 # -- GradNorm --------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import csv
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -43,13 +42,12 @@ from trainer.diagnostics import (
     plot_diagnostics,
 )
 from trainer.distortions import DistortionConfig, Distortions
+from trainer.encoder_file import ENCODER, save_encoder
 from trainer.encoders import build_encoder
 from trainer.weighting import build_weighting
 from trainer.workers import Workers, resolve_workers
 
 CHECKPOINT = "checkpoint.pt"
-ENCODER = "encoder.pt"
-ENCODER_FORMAT = "trainer-encoder/1"
 
 
 class TrainingError(RuntimeError):
@@ -207,57 +205,47 @@ def _row_step(line: str, path: Path) -> int:
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else -1  # header kept
 
 
-def save_encoder(path: Path, encoder: nn.Module, name: str, cfg: PretrainConfig | None,
-                 step: int, sample_rate: int) -> None:
-    """Write a self-describing encoder file that :func:`trainer.load_encoder` reads."""
-    payload = {
-        "format": ENCODER_FORMAT, "encoder": name, "kwargs": encoder.config(),
-        "state_dict": encoder.state_dict(), "hop": encoder.hop, "dim": encoder.dim,
-        "sample_rate": sample_rate, "step": step,
-        "pretrain": cfg.to_dict() if cfg is not None else None,
-    }
-    _atomic_save(payload, path)
-
-
-def read_encoder_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
-                      *, mmap: bool = False) -> dict[str, Any]:
-    """The payload of an encoder file written by :func:`save_encoder`.
-
-    ``mmap=True`` maps the weights instead of reading them: a cheap look at what the file
-    is (the payload's tensors are then read on first use).
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        A file that torch cannot read, or that is not an encoder file of this format.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such encoder file")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: not an encoder file ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{path}: not an encoder file of format {ENCODER_FORMAT}")
-    return payload
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def _mean_over_ranks(losses: dict[str, torch.Tensor], env: Env) -> dict[str, float]:
-    """Detached loss values, averaged over DDP ranks (so DWA sees the same on every rank)."""
+class _CpuCost:
+    """Says, once, what a long run on the CPU will cost, measured on its own first steps:
+    seconds per step (steps 2-4, after the first call's set-up), the projected time and
+    the peak memory, with the CPU-sized preset as the way out."""
+
+    def __init__(self, first_step: int, measured: int = 3, warn_hours: float = 1.0) -> None:
+        self.first, self.measured, self.warn_hours = first_step, measured, warn_hours
+        self.t0: float | None = None
+
+    def tick(self, step: int, cfg: PretrainConfig, bar: Any) -> None:
+        done = step - self.first
+        if done == 1:
+            self.t0 = time.perf_counter()
+        elif done == 1 + self.measured and self.t0 is not None:
+            per_step = (time.perf_counter() - self.t0) / self.measured
+            hours = per_step * (cfg.steps - step) / 3600
+            if hours >= self.warn_hours:
+                import resource
+
+                peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                bar.write(f"note: on the CPU this run takes {per_step:.1f} s a step (batch "
+                          f"{cfg.batch_size} x {cfg.crop_seconds:g} s, {cfg.encoder}), about "
+                          f"{hours:.1f} h for the {cfg.steps - step} steps left; peak memory "
+                          f"so far {peak_gb:.1f} GB. For a recipe sized for a CPU: "
+                          "--preset cpu-small.", file=sys.stderr)
+
+
+def _mean_over_ranks(losses: dict[str, torch.Tensor], env: Env) -> torch.Tensor:
+    """Detached loss values ``[K]`` in ``losses``' order, averaged over DDP ranks (so DWA
+    sees the same on every rank); they stay on the device."""
     stacked = torch.stack([v.detach() for v in losses.values()])
     if env.world > 1:
         dist.all_reduce(stacked)
         stacked /= env.world
-    return dict(zip(losses, stacked.tolist(), strict=True))
+    return stacked
 
 
 def _unwrap(model: nn.Module) -> MultiTask:
@@ -322,13 +310,15 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                 f"{data.hop}")
     model: nn.Module = MultiTask(encoder, workers).to(env.device)
     weighting = build_weighting(cfg.weighting, names, **cfg.weighting_kwargs).to(env.device)
+    # fused: one kernel for all parameters, and it skips a step flagged in found_inf on the
+    # device (how a non-finite step is dropped without a host read)
     optimizer = torch.optim.AdamW(_param_groups(model, weighting, cfg), lr=cfg.lr,
-                                  betas=(0.9, 0.98))
+                                  betas=(0.9, 0.98), fused=True)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
     distort = Distortions(DistortionConfig(**cfg.distortions)).to(env.device) \
         if cfg.distort else None
-    step, nan_run = 0, 0
+    step, nan_run0 = 0, 0
     if resume:
         if not ckpt_path.exists():
             raise TrainingError(f"{out}: no {CHECKPOINT} to resume from")
@@ -340,7 +330,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
         except (RuntimeError, KeyError, ValueError) as e:
             raise TrainingError(f"{ckpt_path}: incompatible with this run's config ({e})"
                                 ) from None
-        step, nan_run = int(state["step"]), int(state["nan_run"])
+        step, nan_run0 = int(state["step"]), int(state["nan_run"])
+    # Counted on the device, read at log and save steps only.
+    nan_run = torch.tensor(nan_run0, dtype=torch.long, device=env.device)
+    skipped = torch.zeros((), dtype=torch.long, device=env.device)
+    bad: torch.Tensor | None = None  # which losses were non-finite since the last log
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -382,6 +376,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and env.main),
                file=sys.stderr, dynamic_ncols=True, unit="step")
     window_t0, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    cost = _CpuCost(first_step=step)
     try:
         if step == 0 and cfg.diagnostics:
             diagnose(0)  # the random initialisation
@@ -399,20 +394,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             losses = {k: v.float() for k, v in losses.items()}
             total = weighting(losses, shared=shared)
             optimizer.zero_grad(set_to_none=True)
+            # No host read in a step: a non-finite total skips the update on the device
+            # (the fused AdamW honours found_inf), and the skips are counted on the device
+            # and reported at log steps.
             finite = torch.isfinite(total).float()
-            if env.world > 1:  # every rank skips together, or DDP's all-reduce would hang
+            if env.world > 1:  # every rank skips together
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not finite.item():
-                nan_run += 1
-                bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-                warnings.warn(f"step {step}: non-finite loss ({', '.join(bad) or 'total'}); "
-                              "step skipped", stacklevel=1)
-                if nan_run >= cfg.max_nan_steps:
-                    raise TrainingError(f"{nan_run} consecutive steps with non-finite losses "
-                                        f"(last: {', '.join(bad) or 'total'}); stopping")
-                step += 1
-                continue
-            nan_run = 0
             total.backward()
             if env.world > 1:
                 for p in weighting.parameters():
@@ -420,22 +407,41 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                         dist.all_reduce(p.grad)
                         p.grad /= env.world
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.found_inf = 1.0 - finite  # type: ignore[attr-defined]
             optimizer.step()
             values = _mean_over_ranks(losses, env)
-            weighting.after_step(values)
+            weighting.after_step(dict(zip(losses, values, strict=True)))
+            nan_run = (nan_run + 1) * (1 - finite.long())
+            skipped += 1 - finite.long()
+            bad = ~torch.isfinite(values) if bad is None else bad | ~torch.isfinite(values)
             step += 1
             window_steps += 1
             window_wait += feeder.wait_seconds - wait0
             bar.update(1)
+            if env.device.type == "cpu" and env.main:
+                cost.tick(step, cfg, bar)
             if step % cfg.log_every == 0 or step == cfg.steps:
+                n_skipped = int(skipped)
+                if n_skipped and bad is not None:
+                    failing = [k for k, b in zip(losses, bad.tolist(), strict=True) if b]
+                    warnings.warn(f"steps {step - window_steps + 1}-{step}: {n_skipped} with a "
+                                  f"non-finite loss ({', '.join(failing) or 'total'}); skipped",
+                                  stacklevel=1)
+                    if int(nan_run) >= cfg.max_nan_steps:
+                        raise TrainingError(f"{int(nan_run)} consecutive steps with non-finite "
+                                            f"losses (last: {', '.join(failing) or 'total'}); "
+                                            "stopping")
+                    skipped.zero_()
+                    bad.zero_()
                 elapsed = time.perf_counter() - window_t0
                 row = {
                     "kind": "train", "step": step, "lr": optimizer.param_groups[0]["lr"],
                     "total": float(total.detach()), "grad_norm": float(grad_norm),
                     "steps_per_s": window_steps / elapsed,
                     "audio_s_per_s": window_steps * cfg.batch_size * cfg.crop_seconds / elapsed,
-                    "data_wait": window_wait / elapsed,
-                    "loss": values, "weight": weighting.weights(),
+                    "data_wait": window_wait / elapsed, "skipped": n_skipped,
+                    "loss": dict(zip(losses, values.tolist(), strict=True)),
+                    "weight": weighting.weights(),
                 }
                 log.write(row)
                 bar.set_postfix_str(
@@ -447,7 +453,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
                 if env.main:
                     _atomic_save({
                         "model": _unwrap(model).state_dict(), "weighting": weighting.state_dict(),
-                        "optimizer": optimizer.state_dict(), "step": step, "nan_run": nan_run,
+                        "optimizer": optimizer.state_dict(), "step": step,
+                        "nan_run": int(nan_run),
                         "config": cfg.to_dict(),
                     }, ckpt_path)
                 if env.world > 1:
@@ -459,7 +466,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
     if env.main:
         enc = _unwrap(model).encoder
         enc = getattr(enc, "_orig_mod", enc)
-        save_encoder(out / ENCODER, enc, cfg.encoder, cfg, step, data.sample_rate)
+        save_encoder(out / ENCODER, enc, cfg.encoder, cfg.to_dict(), step, data.sample_rate)
     if env.world > 1:
         dist.barrier()
     return out

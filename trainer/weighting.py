@@ -11,7 +11,8 @@ The trainer's contract
    ``Uncertainty`` and ``GradNorm`` have parameters).
 3. Every step: ``total = weighting(losses, shared=last_shared_weight)``;
    ``total.backward()``; ``optimiser.step()``;
-   ``weighting.after_step({name: loss.item() ...})``; log ``weighting.weights()``.
+   ``weighting.after_step({name: loss.detach() ...})`` (device tensors: no host read); log
+   ``weighting.weights()`` at log steps.
 
 Methods
 -------
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -143,8 +145,9 @@ class Weighting(nn.Module):
         """Current weight per worker (for logging)."""
         raise NotImplementedError
 
-    def after_step(self, losses: dict[str, float]) -> None:
-        """Hook called once per optimiser step with the detached loss values."""
+    def after_step(self, losses: dict[str, float | Tensor]) -> None:
+        """Hook called once per optimiser step with the detached loss values (floats, or
+        0-d tensors that stay on the device: no weighting reads them on the host)."""
 
 
 class Equal(Weighting):
@@ -273,6 +276,18 @@ class DWA(Weighting):
         # history[0] = average over period t-2, history[1] = over period t-1
         self.register_buffer("history", torch.zeros(2, k, dtype=torch.float64))
         self.register_buffer("periods", torch.zeros((), dtype=torch.long))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        # Host copies of calls and periods, so that a step never reads the device; read
+        # from the buffers once, at the first step after construction or a load.
+        self._host: tuple[int, int] | None = None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str,
+                              *args: Any, **kwargs: Any) -> None:
+        # A checkpoint from before ``calls`` existed: its period counted valid steps only.
+        if prefix + "count" in state_dict:
+            state_dict.setdefault(prefix + "calls", state_dict[prefix + "count"].clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host = None
 
     def forward(self, losses: dict[str, Tensor], shared: Tensor | None = None) -> Tensor:
         idx, vec = self._gather(losses)
@@ -282,27 +297,37 @@ class DWA(Weighting):
         return dict(zip(self.names, self.w.tolist(), strict=True))
 
     @torch.no_grad()
-    def after_step(self, losses: dict[str, float]) -> None:
-        """Accumulate one step's losses; close the period and update weights when full.
+    def after_step(self, losses: dict[str, float | Tensor]) -> None:
+        """Accumulate one step's losses; close the period every ``period`` steps.
 
-        A step with a missing or non-finite loss is skipped (not counted).
+        A step with a non-finite loss still counts toward the period but not toward its
+        average; a period with no finite step repeats the previous average. Runs on the
+        losses' device with no host read.
         """
         try:
-            values = [float(losses[n]) for n in self.names]
+            values = torch.stack([torch.as_tensor(losses[n], dtype=torch.float64)
+                                  .reshape(()).to(self.acc.device) for n in self.names])
         except KeyError as exc:
             raise ValueError(f"DWA.after_step needs every worker's loss; missing {exc}") from None
-        if not all(math.isfinite(v) for v in values):
+        if self._host is None:
+            self._host = (int(self.calls), int(self.periods))
+        calls, periods = self._host
+        ok = torch.isfinite(values).all()
+        self.acc += torch.where(ok, values, torch.zeros_like(values))
+        self.count += ok.long()
+        self.calls += 1
+        calls += 1
+        if calls % self.period:
+            self._host = (calls, periods)
             return
-        self.acc += torch.tensor(values, dtype=torch.float64, device=self.acc.device)
-        self.count += 1
-        if int(self.count) < self.period:
-            return
-        avg = self.acc / self.count
+        avg = torch.where(self.count > 0, self.acc / self.count.clamp_min(1), self.history[1])
         self.history.copy_(torch.stack([self.history[1], avg]))
         self.acc.zero_()
         self.count.zero_()
         self.periods += 1
-        if int(self.periods) >= 2:
+        periods += 1
+        self._host = (calls, periods)
+        if periods >= 2:
             new = dwa_weights(self.history[1], self.history[0], self.temperature)
             self.w.copy_(new.to(self.w.dtype))
 
@@ -391,7 +416,7 @@ class GradNorm(Weighting):
         return dict(zip(self.names, self.w.detach().tolist(), strict=True))
 
     @torch.no_grad()
-    def after_step(self, losses: dict[str, float]) -> None:
+    def after_step(self, losses: dict[str, float | Tensor]) -> None:
         """Clamp the weights at ``min_weight`` and renormalise them to sum to ``K``."""
         self.w.clamp_(min=self.min_weight)
         self.w.mul_(len(self.names) / self.w.sum())
