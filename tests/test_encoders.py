@@ -295,3 +295,20 @@ def test_melcnn_stft_stays_float32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         spec = enc.log_mel(noise(1, 4))
     assert spec.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_melcnn_context_layers_widen_the_receptive_field_exactly(layers: int) -> None:
+    # Two 3x3 blocks see one frame either side each; context layer i (dilation 2**i) adds
+    # 2**i more: output frame 32 depends on log-mel frames 32 ± (2 + 2**layers - 1).
+    torch.manual_seed(0)
+    enc = MelCNN(n_mels=16, channels=[4, 4], freq_pools=[2, 2], dim=8,
+                 context_layers=layers).eval()
+    mel = torch.randn(1, 16, 64, requires_grad=True)
+    enc.log_mel = lambda wave: mel  # type: ignore[method-assign]
+    enc.encode(torch.zeros(1, 64 * HOP))[0, :, 32].sum().backward()
+    assert mel.grad is not None
+    touched = mel.grad[0].abs().sum(0).nonzero().flatten().tolist()
+    half = 2 + 2**layers - 1
+    assert touched == list(range(32 - half, 32 + half + 1))
+    assert enc.config()["context_layers"] == layers

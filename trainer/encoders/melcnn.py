@@ -2,7 +2,8 @@
 
 ``wave [B, T*160] → STFT (n_fft 1024, hop 160, Hann, center=True, float32 even under
 autocast) → mel power → log(mel + 1e-6) → per-bin batch norm → 2-D conv blocks ('same' in
-time, max-pooling over frequency only) → 1x1 conv → [B, dim, T]``. Frame ``k`` of the STFT is
+time, max-pooling over frequency only) → 1x1 conv → optional dilated residual 1-D convs over
+time (context) → [B, dim, T]``. Frame ``k`` of the STFT is
 centred on sample ``k * 160`` and nothing after it strides or shifts time.
 """
 
@@ -41,6 +42,23 @@ class _Block(nn.Module):
         return f"freq_pool={self.pool}"
 
 
+class _Context(nn.Module):
+    """Dilated residual 1-D conv over time: ``x + ReLU(BN(conv_d(x)))``, ``[B, C, T]`` kept.
+
+    A kernel of 3 with dilation ``d`` (padding ``d``) widens the receptive field by ``2 d``
+    frames and keeps frame ``k`` centred on frame ``k``.
+    """
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation,
+                              bias=False)
+        self.bn = nn.BatchNorm1d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + F.relu(self.bn(self.conv(x)))
+
+
 class MelCNN(Encoder):
     """Log-mel CNN: ``wave [B, T*160] → [B, dim, T]``.
 
@@ -61,6 +79,10 @@ class MelCNN(Encoder):
         (``n_mels`` divided down, floor) times the last channel count feed the 1x1 output conv.
     sample_rate : int
         Input sample rate.
+    context_layers : int
+        Dilated residual 1-D conv layers over time after the 1x1 projection, with dilations
+        1, 2, 4, ...: ``n`` layers add ``2 * (2**n - 1)`` frames (10 ms each) to the receptive
+        field, which the 3x3 blocks alone keep at ``2 * len(channels) + 1`` frames. 0: none.
     out_norm : bool
         Affine-free batch norm on the output (as PASE+).
     """
@@ -76,6 +98,7 @@ class MelCNN(Encoder):
         channels: Sequence[int] = (32, 64, 128, 256),
         freq_pools: Sequence[int] = (2, 2, 4, 4),
         sample_rate: int = SAMPLE_RATE,
+        context_layers: int = 0,
         out_norm: bool = True,
     ) -> None:
         super().__init__()
@@ -91,11 +114,14 @@ class MelCNN(Encoder):
             n_bins //= p
         if n_bins < 1:
             raise ValueError(f"freq_pools {freq_pools} pool n_mels={n_mels} below one bin")
+        if context_layers < 0:
+            raise ValueError(f"context_layers must be >= 0, got {context_layers}")
         self.dim = int(dim)
         self.n_fft = int(n_fft)
         self._config = dict(
             dim=self.dim, n_mels=n_mels, n_fft=self.n_fft, f_min=f_min, f_max=f_max,
-            channels=channels, freq_pools=freq_pools, sample_rate=sample_rate, out_norm=out_norm,
+            channels=channels, freq_pools=freq_pools, sample_rate=sample_rate,
+            context_layers=int(context_layers), out_norm=out_norm,
         )
         # The Slaney filterbank of the store's fbank target, built once here: librosa is
         # used at construction only, never in forward.
@@ -113,6 +139,7 @@ class MelCNN(Encoder):
                                                                 strict=True))
         )
         self.proj = nn.Conv1d(channels[-1] * n_bins, self.dim, 1)
+        self.context = nn.Sequential(*(_Context(self.dim, 2**i) for i in range(context_layers)))
         self.norm = nn.BatchNorm1d(self.dim, affine=False) if out_norm else nn.Identity()
 
     def log_mel(self, wave: Tensor) -> Tensor:
@@ -143,8 +170,8 @@ class MelCNN(Encoder):
         with float32_region(x):
             x = self.in_norm(x)  # [B, n_mels, T], per-band standardisation
         h = self.blocks(x.unsqueeze(1))  # [B, C, F', T]
-        out = self.norm(self.proj(h.flatten(1, 2)))  # [B, dim, T]
-        return out
+        out = self.context(self.proj(h.flatten(1, 2)))  # [B, dim, T]
+        return self.norm(out)
 
 
 __all__ = ["MelCNN"]
