@@ -14,6 +14,7 @@ import click
 from featurestore.audio import MIN_SAMPLE_RATE
 from featurestore.corpus.demo import demo_data
 from featurestore.errors import FeatureStoreError
+from featurestore.sources import LAYOUTS
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,7 +76,8 @@ def main() -> None:
 @click.argument("source", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Store file (.h5).")
 @click.option("--layout", default="auto", show_default=True,
-              help="auto, folder, csv, gtzan, nsynth, mtat or fma.")
+              type=click.Choice(["auto", *LAYOUTS]),
+              help="The data set's layout on disk (auto: detected).")
 @click.option("--targets", default="default", cls=_TargetsOption)
 @click.option("--sample-rate", default=16000, show_default=True,
               type=click.IntRange(min=MIN_SAMPLE_RATE), help="Store sample rate (Hz).")

@@ -138,7 +138,7 @@ def other_schema_store(built_store: Path, tmp_path_factory: pytest.TempPathFacto
     return path
 
 
-@pytest.mark.parametrize("case", ["missing_source", "unknown_layout", "unknown_target",
+@pytest.mark.parametrize("case", ["missing_source", "unknown_target",
                                   "schema_version", "not_h5", "info_missing"])
 def test_user_errors_are_one_line(case: str, corpus: Corpus, other_schema_store: Path,
                                   tmp_path: Path) -> None:
@@ -146,8 +146,6 @@ def test_user_errors_are_one_line(case: str, corpus: Corpus, other_schema_store:
     args, expect = {
         "missing_source": (["build", str(tmp_path / "nowhere"), "-o", out],
                            f"error: {tmp_path / 'nowhere'}: no such file or directory"),
-        "unknown_layout": (["build", str(corpus.csv), "-o", out, "--layout", "wav2vec"],
-                           "error: unknown layout 'wav2vec'; known layouts: auto, "),
         "unknown_target": (["build", str(corpus.csv), "-o", out, "--targets", "mfcc,bogus"],
                            "error: unknown target 'bogus'; known targets: default, all, "),
         "schema_version": (["build", str(corpus.csv), "-o", str(other_schema_store),
@@ -165,4 +163,14 @@ def test_user_errors_are_one_line(case: str, corpus: Corpus, other_schema_store:
     (line,) = result.stderr.splitlines()
     assert line.startswith(expect)
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_an_unknown_layout_is_a_usage_error_naming_the_choices(corpus: Corpus,
+                                                                tmp_path: Path) -> None:
+    result = run_cli("build", str(corpus.csv), "-o", str(tmp_path / "s.h5"), "--layout",
+                     "wav2vec")
+    assert result.returncode == 2 and result.stdout == ""
+    assert ("Invalid value for '--layout': 'wav2vec' is not one of 'auto', 'folder', 'csv', "
+            "'gtzan', 'nsynth', 'mtat', 'fma'.") in result.stderr
     assert not (tmp_path / "s.h5").exists()
