@@ -147,17 +147,22 @@ def test_two_process_ddp_with_gloo(store: Path, tmp_path: Path) -> None:
     assert enc(torch.zeros(1, 160 * 10)).shape == (1, 32, 10)
 
 
-def test_non_finite_losses_skip_the_step_then_stop_the_run(store: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def poison_chroma(monkeypatch: pytest.MonkeyPatch, value: float) -> None:
+    """Every step from now on, the chroma worker's loss is multiplied by ``value``."""
     real = Workers.forward
 
     def poisoned(self: Workers, *args: object, **kw: object) -> dict[str, torch.Tensor]:
         out = real(self, *args, **kw)  # type: ignore[arg-type]
-        out["chroma"] = out["chroma"] * float("nan")
+        out["chroma"] = out["chroma"] * value
         return out
 
     monkeypatch.setattr(Workers, "forward", poisoned)
+
+
+def test_non_finite_losses_skip_the_step_then_stop_the_run(store: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    poison_chroma(monkeypatch, float("nan"))
     with pytest.warns(UserWarning, match="non-finite loss \\(chroma\\)"), \
             pytest.raises(TrainingError, match="5 consecutive steps with non-finite losses"):
         pretrain(tiny(store, tmp_path / "nan", max_nan_steps=5), progress=False)
@@ -250,14 +255,7 @@ def test_a_skipped_step_changes_no_weight(store: Path, tmp_path: Path,
     # same batch-norm statistics), and the skips are reported at the log steps.
     frozen = pretrain(tiny(store, tmp_path / "frozen", steps=4, lr=0.0, log_every=2,
                            workers=["mfcc", "chroma"]), progress=False)
-    real = Workers.forward
-
-    def poisoned(self: Workers, *args: object, **kw: object) -> dict[str, torch.Tensor]:
-        out = real(self, *args, **kw)  # type: ignore[arg-type]
-        out["chroma"] = out["chroma"] * float("inf")
-        return out
-
-    monkeypatch.setattr(Workers, "forward", poisoned)
+    poison_chroma(monkeypatch, float("inf"))
     with pytest.warns(UserWarning) as record:
         run = pretrain(tiny(store, tmp_path / "nan", steps=4, log_every=2,
                             workers=["mfcc", "chroma"]), progress=False)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import PretrainConfig, load_preset
-from trainer.evaluation import label_only_baseline
 from trainer.sweep import Run, Sweep, run_sweep
 
 #: Pre-training steps of the demo: the preset's recipe, shortened to keep the whole main
@@ -135,6 +134,8 @@ def plain_words(out: Path, run: str) -> str:
     expected score of a guess from the training label prior; the label-only floor is
     the higher of chance and the majority class.
     """
+    from trainer.evaluation import label_only_baseline  # scikit-learn: not at CLI start-up
+
     lines = []
     for store_dir in sorted((out / "reports" / run).glob("*")):
         store = store_dir.name

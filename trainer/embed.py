@@ -648,20 +648,20 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
     from tqdm import tqdm
 
     embedder.check(store)
+    # Frames of every clip as the crops see them (a clip under one frame is padded to one).
+    n_frames = np.maximum(np.asarray(store.clips["n_frames"], dtype=np.int64), 1)
+    per_second = store.sample_rate / store.hop
     crop_frames = 1
     if isinstance(embedder, EncoderEmbedder):
         embedder.to(device)
         crop_frames = max(1, int(crop_seconds * embedder.sample_rate) // embedder.hop)
         # The first call of a shape sets up kernels (several times a later call on a CPU):
-        # done before the bar starts, so that its rate and ETA are right from the first tick.
-        full = int(np.sum(np.asarray(store.clips["n_frames"]) // crop_frames))
+        # done before the bar starts. The bar counts seconds of audio as each batch is
+        # encoded (clips finish in bursts), so its rate and ETA are right from the first tick.
+        full = int(np.sum(n_frames // crop_frames))
         if progress and full:
             embedder.encode(torch.zeros(min(batch_size, full), crop_frames * embedder.hop,
                                         device=device))
-    # Progress in seconds of audio, advanced as each batch is encoded (clips finish in
-    # bursts, a batch at a time), so that the rate and the ETA are right from the first tick.
-    n_frames = np.maximum(np.asarray(store.clips["n_frames"], dtype=np.int64), 1)
-    per_second = store.sample_rate / store.hop
     bar = tqdm(total=round(float(n_frames.sum()) / per_second, 1), disable=not progress,
                file=sys.stderr, unit="audio-s", unit_scale=True, smoothing=0.05,
                desc=f"embedding {Path(store.path).name}")

@@ -53,9 +53,15 @@ def save_encoder(path: str | os.PathLike[str], encoder: nn.Module, name: str,
         "state_dict": encoder.state_dict(), "hop": encoder.hop, "dim": encoder.dim,
         "sample_rate": int(sample_rate), "step": int(step), "pretrain": pretrain,
     }
+    atomic_save(payload, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then rename it into place: a
+    reader never sees a half-written file (encoder files, the run's checkpoint)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
@@ -131,5 +137,5 @@ def load_encoder(path: str | os.PathLike[str], device: str | torch.device = "cpu
     return encoder.to(dev).eval()
 
 
-__all__ = ["ENCODER", "ENCODER_FORMAT", "architecture_of", "load_encoder", "read_encoder_file",
-           "save_encoder"]
+__all__ = ["ENCODER", "ENCODER_FORMAT", "architecture_of", "atomic_save", "load_encoder",
+           "read_encoder_file", "save_encoder"]

@@ -42,7 +42,7 @@ from trainer.diagnostics import (
     plot_diagnostics,
 )
 from trainer.distortions import DistortionConfig, Distortions
-from trainer.encoder_file import ENCODER, save_encoder
+from trainer.encoder_file import ENCODER, atomic_save, save_encoder
 from trainer.encoders import build_encoder
 from trainer.weighting import build_weighting
 from trainer.workers import Workers, resolve_workers
@@ -203,12 +203,6 @@ def _row_step(line: str, path: Path) -> int:
             return -1
     fields = line.split(",", 2)
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else -1  # header kept
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class _CpuCost:
@@ -451,7 +445,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             diagnose(step)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 if env.main:
-                    _atomic_save({
+                    atomic_save({
                         "model": _unwrap(model).state_dict(), "weighting": weighting.state_dict(),
                         "optimizer": optimizer.state_dict(), "step": step,
                         "nan_run": int(nan_run),

@@ -57,9 +57,7 @@ from trainer.evaluation import (
     majority_metrics,
     resolve_task,
     split_tags,
-    summarise_seeds,
     task_metrics,
-    to_plain,
 )
 
 
@@ -460,20 +458,8 @@ def run_supervised(
             "step": run.steps,
         })
 
-    return ProbeResult(
-        task=task,
-        classes=list(classes),
-        metric=MAIN_METRIC[task],
-        per_seed=to_plain(per_seed),
-        summary=summarise_seeds(task, per_seed),
-        majority=to_plain(majority),
-        chance=to_plain(chance),
-        n_train=len(train),
-        n_valid=len(valid),
-        n_test=len(test),
-        folds=None,
-        config={},
-    )
+    return ProbeResult.of_seeds(task, classes, per_seed, majority=majority, chance=chance,
+                                n_train=len(train), n_valid=len(valid), n_test=len(test))
 
 
 __all__ = ["Classifier", "SupervisedResult", "run_supervised", "train_supervised"]

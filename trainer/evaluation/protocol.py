@@ -225,6 +225,21 @@ class ProbeResult:
         return to_plain(asdict(self))
 
     @classmethod
+    def of_seeds(cls, task: str, classes: Sequence[str], per_seed: list[dict[str, Any]], *,
+                 majority: dict[str, Any], chance: dict[str, Any], n_train: int,
+                 n_valid: int, n_test: int, folds: int | None = None,
+                 config: dict[str, Any] | None = None) -> ProbeResult:
+        """A result from its per-seed records: the main metric follows from ``task`` and
+        the summary (mean ± std over seeds) from ``per_seed``; values become plain data."""
+        return cls(
+            task=task, classes=list(classes), metric=MAIN_METRIC[task],
+            per_seed=to_plain(per_seed), summary=summarise_seeds(task, per_seed),
+            majority=to_plain(majority), chance=to_plain(chance), n_train=int(n_train),
+            n_valid=int(n_valid), n_test=int(n_test), folds=folds,
+            config=to_plain(config or {}),
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
         """Rebuild a result from :meth:`to_dict`'s output (unknown keys are ignored)."""
         names = {f.name for f in fields(cls)}
@@ -534,17 +549,6 @@ def run_probe(
         n_valid = round(np.mean([len(p[1]) for p in parts]))
         n_test = sum(len(p[2]) for p in parts)
 
-    return ProbeResult(
-        task=task,
-        classes=list(classes),
-        metric=MAIN_METRIC[task],
-        per_seed=to_plain(per_seed),
-        summary=summarise_seeds(task, per_seed),
-        majority=to_plain(majority),
-        chance=to_plain(chance),
-        n_train=int(n_train),
-        n_valid=int(n_valid),
-        n_test=int(n_test),
-        folds=config.folds,
-        config=to_plain(asdict(config)),
-    )
+    return ProbeResult.of_seeds(task, classes, per_seed, majority=majority, chance=chance,
+                                n_train=n_train, n_valid=n_valid, n_test=n_test,
+                                folds=config.folds, config=asdict(config))
