@@ -157,6 +157,29 @@ def segment_length(max_seconds: float, sample_rate: int) -> int:
     return max(1, round(max_seconds * sample_rate))
 
 
+def downmix(x: np.ndarray) -> np.ndarray:
+    """The mean of the channels, frame by frame.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (n_frames, n_channels), float32
+
+    Returns
+    -------
+    np.ndarray, shape (n_frames,), float32
+        Equal, bit for bit, to ``x.mean(axis=1)``, which numpy computes about 10x slower
+        on this layout (a reduction along the short, contiguous axis): channels are added
+        one after the other, then divided by their count.
+    """
+    if x.shape[1] == 1:
+        return x[:, 0]
+    y = x[:, 0].copy()
+    for c in range(1, x.shape[1]):
+        y += x[:, c]
+    y /= np.float32(x.shape[1])
+    return y
+
+
 def decode(
     path: str | os.PathLike[str],
     sample_rate: int,
@@ -246,7 +269,7 @@ def decode(
                 x = f.read(block, dtype="float32", always_2d=True)
                 last = len(x) < block
                 pos += len(x)
-                mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+                mono = downmix(x)
                 y = mono if stream is None else stream.resample_chunk(mono, last=last)
                 del x, mono
                 if drop:

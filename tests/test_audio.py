@@ -11,7 +11,7 @@ import soundfile as sf
 from conftest import BAD_TARGETS, HOP, SR, BadInputs, chord, noise, quantise, tone, write_wav
 
 from featurestore import open_store, verify
-from featurestore.audio import AudioError, declared_frames, decode
+from featurestore.audio import AudioError, declared_frames, decode, downmix
 from featurestore.extract import ExtractConfig, extract_clip
 from featurestore.manifest import Clip
 
@@ -23,6 +23,15 @@ def decode_all(path: Path, **kw: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- decode
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_downmix_is_the_channel_mean_bit_for_bit(channels: int) -> None:
+    x = np.random.default_rng(channels).standard_normal((10_001, channels)).astype(np.float32)
+    y = downmix(x)
+    assert y.dtype == np.float32 and y.shape == (10_001,)
+    np.testing.assert_array_equal(y, x.mean(axis=1))
+
 
 
 def test_decode_at_the_store_rate_is_the_file(tmp_path: Path) -> None:
