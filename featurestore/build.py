@@ -2,8 +2,12 @@
 
 ::
 
-    manifest ──partitions──► executor tasks (extract_partition) ──► client writes shards
+    manifest ──partitions──► executor tasks (extract_partition) ──► shards
              <store>.parts/part-00042.h5 (temp name, then rename) ──► assemble ──► <store>.h5
+
+Workers that see the output's folder (every worker of a local cluster or process pool, or
+a cluster on a shared filesystem) write their shards themselves and send the client only
+counts; others send the arrays, and the client writes the shards.
 
 A shard is complete iff its file exists under its final name and its recorded partition
 hash (clip rows and their pieces, file contents, target specs, sample rate, hop) matches: an
@@ -21,18 +25,19 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from featurestore.audio import MIN_SAMPLE_RATE
 from featurestore.crashes import explain_worker_death, is_worker_death
 from featurestore.errors import FeatureStoreError
-from featurestore.extract import ExtractConfig, extract_partition, plan_pieces
+from featurestore.extract import ExtractConfig, extract_partition, plan_pieces, stored_spec
 from featurestore.lock import output_lock
 from featurestore.manifest import Piece, manifest_hash
 from featurestore.sources import load_manifest
 from featurestore.store import (
+    CODE_DTYPE,
     SCHEMA_VERSION,
     PartitionResult,
     Store,
@@ -46,7 +51,29 @@ from featurestore.store import (
     set_problems,
     write_shard,
 )
-from featurestore.targets import resolve
+from featurestore.targets import REGISTRY, resolve
+
+
+@dataclass(frozen=True)
+class ShardWritten:
+    """What a task that wrote its own shard sends back to the client: counts, no arrays."""
+
+    n_clips: int
+    n_samples: int
+    errors: list[tuple[str, str]]
+
+
+def extract_to_shard(part: Sequence[Piece], config: ExtractConfig, path: str,
+                     partition_hash: str, strict: bool) -> ShardWritten:
+    """Extract a partition and write its shard at ``path`` (a worker's task when the
+    workers see the output's folder). Under ``strict`` a partition with an unusable input
+    writes nothing: the client stops the build on its errors."""
+    result = extract_partition(part, config)
+    if not (strict and result.errors):
+        write_shard(path, result, config.specs(), sample_rate=config.sample_rate,
+                    hop=config.hop, attrs={"partition_hash": partition_hash})
+    return ShardWritten(len(result.clips), sum(c.n_samples for c in result.clips),
+                        result.errors)
 
 
 @dataclass
@@ -316,6 +343,8 @@ def build(
     hours_per_file: float | None = None,
     strict: bool = False,
     progress: bool = True,
+    shared_filesystem: bool | None = None,
+    quantize: bool | None = None,
 ) -> BuildReport:
     """Build (or extend, or resume) a feature store.
 
@@ -353,6 +382,17 @@ def build(
         Stop at the first unusable input instead of recording it.
     progress : bool
         Show a progress bar on stderr.
+    shared_filesystem : bool, optional
+        Whether the workers can write into the output's folder, under the same path: they
+        then write their shards themselves and send the client only counts; otherwise they
+        send the arrays and the client writes the shards. Default: when every worker runs
+        on this machine (a local cluster, a process pool). Set it for a cluster whose
+        workers mount the output's folder at the same path.
+    quantize : bool, optional
+        Store the frame-rate targets as 8-bit codes with a per-clip offset and scale per
+        dimension instead of float16: about 45 % of the default store's bytes per
+        audio-hour (benchmarks/RESULTS.md measures what it costs the targets and
+        pre-training). Default: as the existing store is (a new store: float16).
 
     Returns
     -------
@@ -383,9 +423,17 @@ def build(
             notes.append(f"incomplete set of {len(existing_files)} store file(s) rewritten")
             existing_files = []
         stored = _stored_targets(existing_files, sample_rate, hop)
+        if quantize is None:  # as the store already is
+            quantize = any(s.specs[n].dtype == CODE_DTYPE for n, s in stored.items())
         for name, store in stored.items():
-            if name in requested and not _same_declaration(store.specs[name], _spec_of(name)):
-                old, now = store.specs[name], _spec_of(name)
+            now = stored_spec(REGISTRY[name], quantize) if name in requested else None
+            if now is not None and not _same_declaration(store.specs[name], now):
+                old = store.specs[name]
+                if _same_declaration(old, replace(now, dtype=old.dtype)):
+                    raise FeatureStoreError(
+                        f"{store.path}: target {name!r} is stored as {old.dtype}, this build "
+                        f"would store {now.dtype} ({'with' if quantize else 'without'} "
+                        "--quantize); build as the store was, or rebuild it")
                 raise FeatureStoreError(
                     f"{store.path}: target {name!r} was computed with other parameters (stored "
                     f"{json.dumps(old.params, sort_keys=True)}, deltas {old.deltas}, dtype "
@@ -407,7 +455,7 @@ def build(
                 partition_size = int(recorded)
         config = ExtractConfig(
             targets=tuple(new), sample_rate=sample_rate, hop=hop, max_seconds=max_seconds,
-            min_seconds=min_seconds, with_waveform=not existing_files,
+            min_seconds=min_seconds, with_waveform=not existing_files, quantize=quantize,
         )
         pieces = plan_pieces(clips, config)  # reads every file's header and hashes its bytes
         if partition_size is None:
@@ -423,8 +471,11 @@ def build(
         with contextlib.ExitStack() as stack:
             if todo and executor is None:
                 executor = stack.enter_context(dask_executor(workers, scheduler))
-            _run_partitions(parts, todo, shard_paths, hashes, config, executor, strict, progress,
-                            worker_timeout, interrupted)
+            if todo and shared_filesystem is None:
+                shared_filesystem = _workers_are_local(executor)
+            _run_partitions(parts, todo, [p.resolve() for p in shard_paths], hashes, config,
+                            executor, strict, progress, worker_timeout, interrupted,
+                            bool(shared_filesystem))
         interrupted()  # before the store is written
         if not existing_files:
             shards = [open_store(p) for p in shard_paths]
@@ -533,17 +584,13 @@ def _remove_assembled_shards(parts_dir: Path, stored: set[str]) -> None:
         parts_dir.rmdir()
 
 
-def _spec_of(name: str) -> TargetSpec:
-    return resolve([name])[0].spec()
-
-
 def _run_partitions(
     parts: list[list[Piece]], todo: list[int], shard_paths: list[Path], hashes: list[str],
     config: ExtractConfig, executor: cf.Executor | None, strict: bool, progress: bool,
-    worker_timeout: float, interrupted: Callable[[], None],
+    worker_timeout: float, interrupted: Callable[[], None], workers_write: bool,
 ) -> None:
-    """Run the missing partitions with a bounded number in flight; write each shard as
-    its result arrives."""
+    """Run the missing partitions with a bounded number in flight; each task writes its
+    shard (``workers_write``), or the client writes it as the task's result arrives."""
     from tqdm import tqdm
 
     if not todo:
@@ -556,7 +603,7 @@ def _run_partitions(
                disable=not progress, file=sys.stderr, smoothing=0.1, dynamic_ncols=True)
     window = 2 * _parallelism(executor)
     queue = list(todo)
-    running: dict[cf.Future[PartitionResult], int] = {}
+    running: dict[cf.Future[PartitionResult | ShardWritten], int] = {}
     audio_seconds = 0.0
     n_errors = 0
     started = time.perf_counter()
@@ -564,7 +611,12 @@ def _run_partitions(
         while queue or running:
             while queue and len(running) < window:
                 i = queue.pop(0)
-                running[executor.submit(extract_partition, parts[i], config)] = i
+                if workers_write:
+                    future = executor.submit(extract_to_shard, parts[i], config,
+                                             str(shard_paths[i]), hashes[i], strict)
+                else:
+                    future = executor.submit(extract_partition, parts[i], config)
+                running[future] = i
             finished = _wait_for_any(running, executor, worker_timeout, interrupted)
             for future in finished:
                 i = running.pop(future)
@@ -584,23 +636,33 @@ def _run_partitions(
                 if strict and result.errors:
                     path, reason = result.errors[0]
                     raise FeatureStoreError(f"{path}: {reason} (--strict)")
-                write_shard(shard_paths[i], result, specs, sample_rate=config.sample_rate,
-                            hop=config.hop, attrs={"partition_hash": hashes[i]})
-                audio_seconds += sum(c.n_samples for c in result.clips) / config.sample_rate
+                if isinstance(result, PartitionResult):
+                    write_shard(shard_paths[i], result, specs, sample_rate=config.sample_rate,
+                                hop=config.hop, attrs={"partition_hash": hashes[i]})
+                    n_samples = sum(c.n_samples for c in result.clips)
+                else:
+                    n_samples = result.n_samples
+                audio_seconds += n_samples / config.sample_rate
                 n_errors += len(result.errors)
                 speed = audio_seconds / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix_str(f"{speed / 3600:.4f} audio-h/s ({speed:.0f}x real time), "
                                     f"{n_errors} skipped", refresh=False)
                 bar.update(len(parts[i]))
     finally:
-        for future in running:
-            future.cancel()
+        # A Dask executor's futures are not cancelled here: distributed's bridge to
+        # concurrent futures may already be setting a result, which then fails on the
+        # cancelled future with a logged InvalidStateError. Closing the client (done by
+        # dask_executor) releases the tasks instead; a caller's own Dask executor lets
+        # them finish and their results are dropped.
+        if getattr(executor, "_client", None) is None:
+            for future in running:
+                future.cancel()
         bar.close()
 
 
-def _wait_for_any(running: dict[cf.Future[PartitionResult], int], executor: cf.Executor,
+def _wait_for_any(running: dict[cf.Future[Any], int], executor: cf.Executor,
                   worker_timeout: float, interrupted: Callable[[], None]
-                  ) -> set[cf.Future[PartitionResult]]:
+                  ) -> set[cf.Future[Any]]:
     """Wait until a task finishes, checking for Ctrl-C twice a second; stop with an error
     once a Dask executor has had no worker connected for ``worker_timeout`` seconds (Dask
     would wait for one forever)."""
@@ -630,6 +692,23 @@ def _wait_for_any(running: dict[cf.Future[PartitionResult], int], executor: cf.E
                 f"no Dask worker has been connected to the scheduler for {worker_timeout:g} s "
                 "(all lost?); finished shards are kept: start workers and run the same "
                 "command to resume (--worker-timeout sets this wait)")
+
+
+def _workers_are_local(executor: cf.Executor) -> bool:
+    """Whether every worker of the executor runs on this machine (a process or thread pool
+    does; a Dask cluster when each worker's address is a local one)."""
+    import socket
+    from urllib.parse import urlparse
+
+    client = getattr(executor, "_client", None)
+    if client is None:
+        return True
+    addresses = list(client.scheduler_info(n_workers=-1)["workers"])
+    local = {"localhost", "127.0.0.1", "::1", socket.gethostname()}
+    with contextlib.suppress(OSError):
+        local |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    parsed = [urlparse(a) for a in addresses]
+    return bool(parsed) and all(u.scheme == "inproc" or u.hostname in local for u in parsed)
 
 
 def _parallelism(executor: cf.Executor) -> int:

@@ -22,6 +22,11 @@ One HDF5 file per data set (or per slice of a large corpus), readable with plain
                        float16 by default, contiguous, uncompressed;
                        attrs: spec (JSON declaration), count, mean[dim], std[dim], m2[dim]
                        (float64, exact over every stored value)
+    /affine/<name>     only for a target stored as 8-bit codes (spec dtype ``uint8``, a
+                       build with ``quantize``): [n_clips, 2, dim] float32, row i = the
+                       offset and the scale of clip i; a value is ``offset + scale * code``
+                       (:func:`decode_codes`), and the target's statistics are of those
+                       values
     /errors/path, /errors/reason   one row per skipped input
 
 Every dataset above carries block checksums, computed from the bytes as they are written:
@@ -133,6 +138,59 @@ Loss = Literal["l1", "mse"]
 
 TAG_SEPARATOR = ";"
 """What joins the labels (tags) of a multi-label clip in the ``label`` column."""
+
+
+CODE_DTYPE = "uint8"
+"""Storage dtype of a target quantised to 8-bit codes (see :func:`encode_codes`)."""
+_CODE_LEVELS = 255
+
+
+def encode_codes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise rows to 8-bit codes with a per-dimension offset and scale.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (n, dim), float
+        One clip's rows of a target.
+
+    Returns
+    -------
+    codes : np.ndarray, shape (n, dim), uint8
+        ``round((x - offset) / scale)``: 0 at each dimension's minimum, 255 at its maximum.
+    affine : np.ndarray, shape (2, dim), float32
+        ``offset`` (the minimum) and ``scale`` (the range / 255; 1 for a constant
+        dimension) per dimension. :func:`decode_codes` gives values within ``scale / 2``
+        (plus float32 rounding) of ``x``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"encode_codes: rows of shape (n, dim) expected, got {x.shape}")
+    if len(x) == 0:
+        return np.zeros(x.shape, np.uint8), np.stack([np.zeros(x.shape[1], np.float32),
+                                                      np.ones(x.shape[1], np.float32)])
+    lo = x.min(axis=0)
+    span = x.max(axis=0) - lo
+    scale = np.where(span > 0, span / _CODE_LEVELS, 1.0).astype(np.float32)
+    codes = np.rint((x - lo) / scale)
+    np.clip(codes, 0, _CODE_LEVELS, out=codes)
+    return codes.astype(np.uint8), np.stack([lo, scale])
+
+
+def decode_codes(codes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Values of 8-bit codes: ``offset + scale * code``, float32.
+
+    Parameters
+    ----------
+    codes : np.ndarray, shape (n, dim), uint8
+    affine : np.ndarray, shape (2, dim) (one clip) or (n, 2, dim) (a clip per row)
+        Offsets and scales, as :func:`encode_codes` returns them.
+
+    Returns
+    -------
+    np.ndarray, shape (n, dim), float32
+    """
+    affine = np.asarray(affine, dtype=np.float32)
+    return affine[..., 0, :] + affine[..., 1, :] * np.asarray(codes, dtype=np.float32)
 
 
 def split_tags(label: str) -> list[str]:
@@ -311,7 +369,9 @@ class ClipArrays:
     targets : dict of str to np.ndarray
         ``(n_samples // hop, dim)`` (frame rate) or ``(1, dim)`` (clip rate) per target.
     stats : dict of str to Stats
-        Of the stored values, per target.
+        Of the stored values, per target (of the decoded values for 8-bit codes).
+    affine : dict of str to np.ndarray
+        ``(2, dim)`` offset and scale of each target stored as 8-bit codes.
     """
 
     clip: Clip
@@ -320,6 +380,7 @@ class ClipArrays:
     waveform: np.ndarray | None
     targets: dict[str, np.ndarray]
     stats: dict[str, Stats]
+    affine: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -379,6 +440,9 @@ class Store:
     checksums : dict of str to Checksums
         By dataset path without the leading slash (``"waveform"``, ``"targets/mfcc"``,
         ``"clips/id"``, ``"errors/path"``); datasets written without checksums are absent.
+    affine : dict of str to np.memmap
+        ``[n_clips, 2, dim]`` offsets and scales of each target stored as 8-bit codes
+        (:func:`decode_codes`); :meth:`frames_of` decodes them.
     """
 
     path: Path
@@ -392,6 +456,7 @@ class Store:
     errors: list[tuple[str, str]] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
     checksums: dict[str, Checksums] = field(default_factory=dict)
+    affine: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_clips(self) -> int:
@@ -414,11 +479,15 @@ class Store:
         )
 
     def frames_of(self, name: str, i: int) -> np.ndarray:
-        """The rows of target ``name`` that belong to clip ``i`` (a memmap view)."""
+        """The rows of target ``name`` that belong to clip ``i``: a memmap view in the
+        storage dtype, or float32 values decoded from 8-bit codes."""
         if self.specs[name].rate == "clip":
             return self.targets[name][i : i + 1]
         start = int(self.clips["frame_offset"][i])
-        return self.targets[name][start : start + int(self.clips["n_frames"][i])]
+        rows = self.targets[name][start : start + int(self.clips["n_frames"][i])]
+        if name in self.affine:
+            return decode_codes(rows, self.affine[name][i])
+        return rows
 
     def waveform_of(self, i: int) -> np.ndarray:
         start = int(self.clips["sample_offset"][i])
@@ -438,13 +507,16 @@ class Store:
             ``bytes`` (the file's size), ``bytes_per_audio_hour`` (None without audio),
             ``waveform_bytes``, ``labels`` (clips per label, most frequent first),
             ``splits`` (clips per split), ``targets`` (per target: ``dim``, ``rate``,
-            ``dtype``, ``bytes``, ``library``), ``n_errors``, ``errors`` (``path``,
+            ``dtype``, ``bytes`` (with the offsets and scales of 8-bit codes),
+            ``library``), ``n_errors``, ``errors`` (``path``,
             ``reason``), ``schema_version``, ``created``, ``source``.
         """
         hours = self.seconds / 3600
         labels = Counter(lab for row in self.clips["label"] for lab in split_tags(row))
         targets = {name: {"dim": self.specs[name].dim, "rate": self.specs[name].rate,
-                          "dtype": str(x.dtype), "bytes": int(x.nbytes),
+                          "dtype": str(x.dtype),
+                          "bytes": int(x.nbytes) + (int(self.affine[name].nbytes)
+                                                    if name in self.affine else 0),
                           "library": self.specs[name].library}
                    for name, x in self.targets.items()}
         file_bytes = self.path.stat().st_size
@@ -577,7 +649,7 @@ def _read_store(path: Path, f: Any) -> Store:
     for col in INT_COLUMNS:
         clips[col] = f["clips"][col][...].astype(np.int64)
     checked.update({f"clips/{col}": f["clips"][col] for col in (*STRING_COLUMNS, *INT_COLUMNS)})
-    targets, specs, stats = {}, {}, {}
+    targets, specs, stats, affine = {}, {}, {}, {}
     for name, dset in f.get("targets", {}).items():
         targets[name] = _memmap(path, dset)
         specs[name] = TargetSpec.from_json(dset.attrs["spec"])
@@ -587,6 +659,9 @@ def _read_store(path: Path, f: Any) -> Store:
                             np.asarray(dset.attrs["std"], dtype=np.float64) ** 2 * count
                             if m2 is None else np.asarray(m2, dtype=np.float64))
         checked[f"targets/{name}"] = dset
+    for name, dset in f.get("affine", {}).items():
+        affine[name] = _memmap(path, dset)
+        checked[f"affine/{name}"] = dset
     errors = []
     if "errors" in f:
         errors = list(zip(_read_text(f["errors"]["path"]).tolist(),
@@ -599,7 +674,7 @@ def _read_store(path: Path, f: Any) -> Store:
     return Store(
         path=path, sample_rate=int(attrs["sample_rate"]), hop=int(attrs["hop"]),
         clips=clips, waveform=_memmap(path, f["waveform"]), targets=targets, specs=specs,
-        stats=stats, errors=errors, attrs=attrs, checksums=checksums,
+        stats=stats, errors=errors, attrs=attrs, checksums=checksums, affine=affine,
     )
 
 
@@ -936,6 +1011,11 @@ def _write_errors(f: Any, errors: Sequence[tuple[str, str]]) -> None:
     _text_dataset(g, "reason", [e[1] for e in errors])
 
 
+def _is_coded(spec: TargetSpec) -> bool:
+    """Whether a target is stored as 8-bit codes with per-clip offsets and scales."""
+    return spec.dtype == CODE_DTYPE and spec.rate == "frame"
+
+
 def _target_attrs(spec: TargetSpec, st: Stats) -> dict[str, Any]:
     return {"spec": spec.to_json(), "count": st.count, "mean": st.mean, "std": st.std,
             "m2": st.m2}
@@ -1238,6 +1318,10 @@ def write_shard(path: str | os.PathLike[str], result: PartitionResult,
         bulks.append(_Bulk(f"targets/{spec.name}", (sum(len(a) for a in arrays), spec.dim),
                            np.dtype(spec.dtype), lambda arrays=arrays: iter(arrays),
                            _target_attrs(spec, total)))
+        if _is_coded(spec):
+            affines = [r.affine[spec.name][None] for r in rows]
+            bulks.append(_Bulk(f"affine/{spec.name}", (len(rows), 2, spec.dim),
+                               np.dtype(np.float32), lambda affines=affines: iter(affines)))
 
     def describe(f: Any) -> None:
         _root_attrs(f, {"sample_rate": sample_rate, "hop": hop, **attrs})
@@ -1371,6 +1455,11 @@ def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[
             lambda name=name: (piece for s in sources[name] for piece in
                                _checked_rows(s, f"targets/{name}", s.targets[name], 1 << 16)),
             _target_attrs(spec, total)))
+        if _is_coded(spec):
+            bulks.append(_Bulk(
+                f"affine/{name}", (n_clips, 2, spec.dim), np.dtype(np.float32),
+                lambda name=name: (piece for s in sources[name] for piece in
+                                   _checked_rows(s, f"affine/{name}", s.affine[name], 1 << 12))))
 
     def describe(f: Any) -> None:
         _root_attrs(f, attrs)
@@ -1444,6 +1533,32 @@ def _mismatch_lines(store: Store, name: str, blocks: list[tuple[int, int]],
 def _without_path(message: str, path: Path) -> str:
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _verified_affine(s: Store, name: str, usable: Callable[[str, int], Checksums | None],
+                     problems: list[str]) -> np.ndarray | None:
+    """The offsets and scales of a target stored as codes, once checked (shape, dtype,
+    finite positive scales, checksums); None, with the problem recorded, when unusable."""
+    a = s.affine.get(name)
+    dim = s.specs[name].dim
+    if a is None:
+        problems.append(f"target {name}: stored as 8-bit codes but /affine/{name} is missing")
+        return None
+    if a.shape != (s.n_clips, 2, dim) or a.dtype != np.float32:
+        problems.append(f"/affine/{name}: shape {a.shape} {a.dtype}, expected "
+                        f"{(s.n_clips, 2, dim)} float32")
+        return None
+    cs = usable(f"affine/{name}", len(a))
+    if cs is not None:
+        step = cs.block_rows
+        bad = [(k, min(k + step, len(a)) - 1) for k in range(0, len(a), step)
+               if _digest(a[k : k + step]) != int(cs.digests[k // step])]
+        problems += _mismatch_lines(s, f"affine/{name}", bad)
+    values = np.asarray(a)
+    if not (np.isfinite(values).all() and (values[:, 1] > 0).all()):
+        problems.append(f"/affine/{name}: offsets and scales must be finite, scales positive")
+        return None
+    return values
 
 
 def verify(path: str | os.PathLike[str], *, quick: bool = False,
@@ -1532,12 +1647,18 @@ def verify(path: str | os.PathLike[str], *, quick: bool = False,
         total = Stats.combine((), spec.dim)
         finite = True
         bad = []
+        affine = _verified_affine(s, name, usable, problems) if _is_coded(spec) else None
+        if affine is not None:
+            row_clip = np.repeat(np.arange(s.n_clips), c["n_frames"])
+        elif _is_coded(spec):
+            sized = False  # its values cannot be decoded
         for start in range(0, len(x), step):  # one pass: checksums and statistics
             block = x[start : start + step]
             if cs is not None and _digest(block) != int(cs.digests[start // step]):
                 bad.append((start, start + len(block) - 1))
             if sized:
-                values = np.asarray(block)
+                values = np.asarray(block) if affine is None else decode_codes(
+                    block, affine[row_clip[start : start + len(block)]])
                 finite &= bool(np.isfinite(values).all())
                 total = total + Stats.of(values)
         problems += _mismatch_lines(s, f"targets/{name}", bad)
@@ -1552,7 +1673,8 @@ def verify(path: str | os.PathLike[str], *, quick: bool = False,
         ):
             problems.append(f"target {name}: stored statistics differ from the values")
     problems += _sibling_problems(s)
-    if unchecked and len(unchecked) == len(_store_columns(s)) + 1 + len(s.targets):
+    if unchecked and len(unchecked) == (len(_store_columns(s)) + 1 + len(s.targets)
+                                        + len(s.affine)):
         problems.append("no checksums: the store was written without them (by an older "
                         "featurestore), so only the quick checks were made; rebuild it to "
                         "check every byte")

@@ -4,6 +4,7 @@ worker mid-build), adding targets to a store, splitting a corpus into several fi
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import shutil
@@ -107,6 +108,39 @@ def test_real_cluster_equals_local_build(dask_cluster: DaskCluster, slow_corpus:
                    scheduler=dask_cluster.address, partition_size=1, progress=False)
     assert (report.partitions_total, report.partitions_computed) == (KILL_CLIPS, KILL_CLIPS)
     assert_same_store(out, local_slow_store)
+
+
+@pytest.mark.parametrize(("shared", "client_writes"), [(None, 0), (True, 0), (False, KILL_CLIPS)],
+                         ids=["auto", "workers-write", "client-writes"])
+def test_workers_on_this_machine_write_their_own_shards(
+        shared: bool | None, client_writes: int, dask_cluster: DaskCluster, slow_corpus: Path,
+        local_slow_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module("featurestore.build")
+    written: list[str] = []
+    real_write = module.write_shard
+
+    def client_write(path: Any, *args: Any, **kwargs: Any) -> None:
+        written.append(str(path))
+        real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "write_shard", client_write)  # the client's, not the workers'
+    out = tmp_path / "slow.h5"
+    report = build(str(slow_corpus), out, targets=KILL_TARGETS, scheduler=dask_cluster.address,
+                   partition_size=1, progress=False, shared_filesystem=shared)
+    assert report.partitions_computed == KILL_CLIPS
+    assert len(written) == client_writes
+    assert_same_store(out, local_slow_store)
+
+
+def test_workers_are_local_for_pools_and_a_cluster_on_this_machine(
+        dask_cluster: DaskCluster) -> None:
+    import distributed
+
+    module = importlib.import_module("featurestore.build")
+    with ThreadPoolExecutor(1) as pool:
+        assert module._workers_are_local(pool)
+    with distributed.Client(dask_cluster.address) as client:
+        assert module._workers_are_local(client.get_executor())
 
 
 def test_build_survives_losing_a_worker(slow_corpus: Path, local_slow_store: Path,

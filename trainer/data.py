@@ -200,6 +200,9 @@ class CropDataset:
     def _hold(self, s: Store, cache: str) -> dict[str, Any]:
         arrays: dict[str, Any] = {"waveform": s.waveform}
         arrays.update({n: s.targets[n] for n in self.target_names})
+        # Targets stored as 8-bit codes: their per-clip offsets and scales, decoded on the
+        # device in to_batch.
+        arrays.update({_affine_key(n): s.affine[n] for n in self.target_names if n in s.affine})
         if cache == "ram":
             arrays = {k: np.array(v) for k, v in arrays.items()}
         elif cache == "device":
@@ -234,7 +237,7 @@ class CropDataset:
         them), so that each store file serves one contiguous run of the batch."""
         T, hop = self.crop_frames, self.hop
         on_device = isinstance(self._arrays[0]["waveform"], torch.Tensor)
-        pieces: dict[str, list[Any]] = {n: [] for n in ["waveform", *self.target_names]}
+        pieces: dict[str, list[Any]] = {n: [] for n in self._arrays[0]}
         for k, s in enumerate(self.stores):
             rows = self.clip_store[clips] == k
             if not rows.any():
@@ -246,7 +249,8 @@ class CropDataset:
                 "clip": local,
             }
             for name, x in self._arrays[k].items():
-                rate = "sample" if name == "waveform" else self.specs[name].rate
+                rate = "sample" if name == "waveform" else (
+                    "clip" if name.endswith(_AFFINE) else self.specs[name].rate)
                 idx = first[rate]
                 if rate != "clip":  # one index per crop into a view of every crop window
                     x = _windows(x, T * hop if rate == "sample" else T)
@@ -271,7 +275,11 @@ class CropDataset:
         targets = {}
         for name in self.target_names:
             mean, std = self._norm[name]
-            targets[name] = fresh_float(raw[name]).sub_(mean).div_(std)
+            x = fresh_float(raw[name])
+            if _affine_key(name) in raw:  # codes: offset + scale * code, per crop
+                affine = move(raw[_affine_key(name)])
+                x.mul_(affine[:, 1:2]).add_(affine[:, 0:1])
+            targets[name] = x.sub_(mean).div_(std)
         return Batch(wave, targets, torch.from_numpy(clips).to(self.device))
 
     def batch(self, seed: int, step: int, batch_size: int, rank: int = 0,
@@ -280,6 +288,14 @@ class CropDataset:
         rng = np.random.default_rng([seed, step, rank])
         clips, starts = self.draw(rng, batch_size)
         return self.to_batch(self.gather(clips, starts), clips, pin)
+
+
+_AFFINE = "/affine"
+
+
+def _affine_key(name: str) -> str:
+    """Key of a coded target's offsets and scales among a store's held arrays."""
+    return name + _AFFINE
 
 
 def _windows(x: Any, n: int) -> Any:
