@@ -324,11 +324,22 @@ class Stats:
     m2: np.ndarray
 
     @classmethod
-    def of(cls, x: np.ndarray) -> Stats:
-        """Statistics of rows ``x``, shape (n, dim), over the rows."""
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
-        return cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+    def of(cls, x: np.ndarray, block: int = 2048) -> Stats:
+        """Statistics of rows ``x``, shape (n, dim), over the rows: two passes in float64,
+        ``block`` rows at a time (no float64 copy of the whole array)."""
+        n, dim = len(x), x.shape[1]
+        if n == 0:
+            return cls(0, np.zeros(dim), np.zeros(dim))
+        total = np.zeros(dim)
+        for start in range(0, n, block):
+            total += x[start : start + block].sum(axis=0, dtype=np.float64)
+        mean = total / n
+        m2 = np.zeros(dim)
+        for start in range(0, n, block):
+            d = x[start : start + block].astype(np.float64)
+            d -= mean
+            m2 += np.einsum("ij,ij->j", d, d)
+        return cls(n, mean, m2)
 
     @classmethod
     def combine(cls, parts: Iterable[Stats], dim: int) -> Stats:
