@@ -11,14 +11,15 @@ equal-tempered frequency, on the store's frame grid (hop 160, frames centred on
     pip install --no-deps tinysoundfont     # once; its pyaudio dependency is not needed
     python benchmarks/f0_quality.py                      # every tracker
     python benchmarks/f0_quality.py --no-pyin --out /tmp/f0.md
+    python benchmarks/f0_quality.py --only prosody PitchYinFFT    # trackers by name
 
 Metrics (pooled over all instruments and notes):
 - voiced frames: centre at least 70 ms inside a melody note; unvoiced frames: at least
   70 ms outside every note and 40 dB below the loudest frame (release tails fading out,
   and silence); other frames only count for pitch, never for voicing. Renders peak at
   0.5, so the loudest frame is near -20 dBFS RMS and "unvoiced" is below about -60 dBFS:
-  the -60 dBFS gate of one variant sits near that line, so its voicing figures are an
-  upper bound; YIN confidence alone does not look at level at all.
+  the ``prosody`` target's -60 dBFS level gate sits near that line, so its voicing figures
+  are an upper bound; YIN confidence alone does not look at level at all.
 - GPE: share of frames voiced in truth and in the estimate whose estimate is more than
   50 cents from the truth; octave: share of the same frames within 50 cents of a whole
   number (not 0) of octaves from the truth.
@@ -30,6 +31,7 @@ Metrics (pooled over all instruments and notes):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -166,23 +168,6 @@ def yin_fft(n_fft: int, threshold: float = 0.5, gate_dbfs: float | None = None) 
     return run
 
 
-def numpy_yin(threshold: float = 0.5, gate_dbfs: float | None = -60.0) -> Tracker:
-    """The vectorised YIN prototype (``yin_numpy.py``) on the shared power 1024."""
-    def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from yin_numpy import yin_from_power
-
-        fr = DecodedClip(y, SR, HOP)
-        f0, conf = yin_from_power(fr.power(1024), SR, F0_MIN, F0_MAX)
-        voiced = (conf >= threshold) & (f0 > 0)
-        if gate_dbfs is not None:
-            import librosa
-
-            rms = librosa.feature.rms(S=fr.magnitude(1024), frame_length=1024)[0]
-            voiced &= 20 * np.log10(rms + 1e-12) >= gate_dbfs
-        return f0, voiced
-    return run
-
-
 def yin_time(size: int, threshold: float = 0.5) -> Tracker:
     def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         es = essentia_standard()
@@ -196,10 +181,17 @@ def yin_time(size: int, threshold: float = 0.5) -> Tracker:
     return run
 
 
-def prosody_target(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The registered ``prosody`` target as stored: exp(log-F0) and its voiced flag."""
-    x = REGISTRY["prosody"]()(DecodedClip(y, SR, HOP))
-    return np.exp(x[:, 0].astype(np.float64)), x[:, 1] > 0.5
+def prosody_target(f0_method: str | None = None) -> Tracker:
+    """The registered ``prosody`` target as stored (its own ``f0_method``, or the one
+    given): exp(log-F0) and its voiced flag."""
+    target = REGISTRY["prosody"]()
+    if f0_method is not None:
+        target.params = dataclasses.replace(target.params, f0_method=f0_method)  # type: ignore[misc]
+
+    def run(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = target(DecodedClip(y, SR, HOP))
+        return np.exp(x[:, 0].astype(np.float64)), x[:, 1] > 0.5
+    return run
 
 
 def librosa_yin(y: np.ndarray) -> tuple[np.ndarray, None]:
@@ -237,11 +229,15 @@ def melodia(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def trackers(with_pyin: bool) -> dict[str, Tracker]:
     out: dict[str, Tracker] = {}
     if "prosody" in REGISTRY and REGISTRY["prosody"].dim == 12:
-        out["`prosody` target (PitchYinFFT 1024, conf >= 0.5)"] = prosody_target
+        # the default first, then the essentia tracker it replaced, both as stored
+        # (1024-sample frame, confidence >= 0.5, RMS >= -60 dBFS)
+        default = REGISTRY["prosody"].params.f0_method
+        out[f"`prosody` target (f0_method {default}, the default)"] = prosody_target()
+        for method in ("yin", "PitchYinFFT"):
+            if method != default:
+                out[f"`prosody` target (f0_method {method})"] = prosody_target(method)
     out.update({
         "essentia PitchYinFFT 1024 (conf >= 0.5)": yin_fft(1024),
-        "essentia PitchYinFFT 1024 (conf >= 0.5, RMS >= -60 dBFS)": yin_fft(1024, 0.5, -60.0),
-        "numpy YIN prototype on power 1024 (conf >= 0.5, RMS >= -60 dBFS)": numpy_yin(),
         "essentia PitchYinFFT 2048 (conf >= 0.5)": yin_fft(2048),
         "essentia PitchYin time domain 2048 (conf >= 0.5)": yin_time(2048),
         "librosa.yin 2048 (no voicing)": librosa_yin,
@@ -255,11 +251,10 @@ def trackers(with_pyin: bool) -> dict[str, Tracker]:
 
 def short_name(name: str) -> str:
     """A column title: the tracker's name without library and with its settings terse."""
-    for word in ("essentia ", "`", " target", " prototype on power 1024"):
+    for word in ("essentia ", "`", " target", ", the default"):
         name = name.replace(word, "")
-    return (name.replace(" (conf >= 0.5, RMS >= -60 dBFS)", " gated")
-            .replace(" (conf >= 0.5)", "").replace(" (no voicing)", "")
-            .replace(" (PitchYinFFT 1024, conf >= 0.5)", "").replace(" (80-2000 Hz)", "")
+    return (name.replace(" (conf >= 0.5)", "").replace(" (no voicing)", "")
+            .replace(" (f0_method ", " (").replace(" (80-2000 Hz)", "")
             .replace("PitchYin time domain", "PitchYin").replace("PredominantPitch", ""))
 
 
@@ -337,6 +332,8 @@ def pure_tones(track: dict[str, Tracker]) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-pyin", action="store_true", help="skip librosa.pyin (slow)")
+    parser.add_argument("--only", nargs="+", metavar="WORD",
+                        help="only the trackers whose name contains one of these words")
     parser.add_argument("--out", type=Path, default=benchlib.CACHE / "f0_quality.md")
     args = parser.parse_args(argv)
     try:
@@ -345,6 +342,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("tinysoundfont is missing: pip install --no-deps tinysoundfont")
     sf2 = soundfont_path()
     track = trackers(not args.no_pyin)
+    if args.only:
+        track = {n: fn for n, fn in track.items() if any(w in n for w in args.only)}
+        if not track:
+            sys.exit(f"no tracker's name contains any of {args.only}")
     voicing = {name: name != "librosa.yin 2048 (no voicing)" for name in track}
     # Warm-up (numba JIT, first-call set-up) on a short render.
     warm = make_render(0, "warm-up", 60, 64, False, sf2)

@@ -9,6 +9,7 @@ gammatone.
 
     python benchmarks/targets_speed.py                 # 1 warm-up + 10 timed clips
     python benchmarks/targets_speed.py --clips 8 --no-pyin --out /tmp/speed.md
+    python benchmarks/targets_speed.py --prosody-ab    # prosody's two F0 trackers only
 
 Times are CPU seconds of this process (``time.process_time``) with every numeric library
 pinned to one thread; the figure is the median over the timed clips, after one warm-up
@@ -18,6 +19,7 @@ clip that pays numba's JIT and first-call set-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -193,7 +195,8 @@ class Alt:
 
 def alternatives(with_pyin: bool) -> list[Alt]:
     import librosa
-    from yin_numpy import yin_from_power
+
+    from featurestore.targets.pitch import yin_from_power
 
     sr = SAMPLE_RATE
     alts = [
@@ -211,10 +214,10 @@ def alternatives(with_pyin: bool) -> list[Alt]:
             essentia_chromagram),
         Alt("F0", "librosa.yin (frame 2048)", "librosa", librosa_yin),
         Alt("F0", "PitchYinFFT on shared magnitude 1024", "essentia",
-            lambda fr: yin_fft_loop(fr, 1024), "what `prosody` runs"),
-        Alt("F0", "numpy YIN prototype on shared power 1024 (yin_numpy.py)", "numpy",
+            lambda fr: yin_fft_loop(fr, 1024), "`prosody` with f0_method PitchYinFFT"),
+        Alt("F0", "numpy YIN (`yin_from_power`) on shared power 1024", "numpy",
             lambda fr: yin_from_power(fr.power(1024), sr, F0_MIN, F0_MAX),
-            "vectorised: one batched irfft"),
+            "what `prosody` runs (f0_method yin): one batched DCT-I"),
         Alt("F0", "PitchYinFFT on magnitude 2048", "essentia", lambda fr: yin_fft_loop(fr, 2048)),
         Alt("F0", "PitchYin (time domain, frame 2048)", "essentia",
             lambda fr: yin_time_loop(fr, 2048), "O(frame^2) per frame"),
@@ -256,6 +259,53 @@ def run_defaults(fr: DecodedClip, default: list[Target], skip: str = "") -> None
             t(fr)
 
 
+def prosody_ab(args: argparse.Namespace) -> None:
+    """``prosody`` with each ``f0_method``, interleaved clip by clip in this process: the
+    target alone, on top of the rest of the default set, and the whole default set."""
+    clips, paths = benchlib.load_clips(args.clips + 1, args.files)
+    methods = ("yin", "PitchYinFFT")
+    default = resolve("default")
+    variants: dict[str, list[Target]] = {}
+    for m in methods:
+        t = REGISTRY["prosody"]()
+        t.params = dataclasses.replace(t.params, f0_method=m)  # type: ignore[misc]
+        variants[m] = [t if d.name == "prosody" else d for d in default]
+    rows = ("prosody alone", "prosody marginal on the default set", "default set")
+    ms: dict[tuple[str, str], list[float]] = {(r, m): [] for r in rows for m in methods}
+    loads = []
+    for k, y in enumerate(clips):
+        loads.append(benchlib.wait_until_quiet(args.quiet_wait))
+        print(f"clip {k}/{len(clips) - 1}{' (warm-up)' if k == 0 else ''}: {paths[k]}",
+              file=sys.stderr, flush=True)
+        for m in (methods if k % 2 == 0 else methods[::-1]):  # alternate which goes first
+            targets = variants[m]
+            prosody = next(t for t in targets if t.name == "prosody")
+            fr = fresh(y)
+            alone = cpu_time(lambda fr=fr, t=prosody: t(fr))[0]
+            fr = fresh(y)
+            run_defaults(fr, targets, skip="prosody")
+            marginal = cpu_time(lambda fr=fr, t=prosody: t(fr))[0]
+            fr = fresh(y)
+            whole = cpu_time(lambda fr=fr, ts=targets: run_defaults(fr, ts))[0]
+            if k > 0:
+                for row, sec in zip(rows, (alone, marginal, whole), strict=True):
+                    ms[(row, m)].append(1000.0 * sec)
+    text = "\n".join([
+        "# targets_speed --prosody-ab", "", benchlib.machine_line(), "",
+        f"{len(clips) - 1} timed clips of {CLIP_SECONDS:.0f} s (after 1 warm-up clip), CPU ms "
+        "per clip, median (min-max); one thread; the two methods interleaved, alternating "
+        f"which runs first. Other processes kept {min(loads):.2f}-{max(loads):.2f} cores busy "
+        f"just before each clip (after waiting up to {args.quiet_wait:.0f} s for quiet).", "",
+        table(["what", *[f"f0_method {m}" for m in methods], "x RT (yin)"],
+              [[row, *[f"{median(ms[(row, m)]):.1f} ({min(ms[(row, m)]):.0f}-"
+                       f"{max(ms[(row, m)]):.0f})" for m in methods],
+                xrt(median(ms[(row, "yin")]))] for row in rows]),
+        "", "Clips: " + ", ".join(Path(p).name for p in paths[1:]), "",
+    ])
+    benchlib.write_report(text, args.out)
+    print(f"(written to {args.out})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     benchlib.add_clip_args(parser, 10)
@@ -264,9 +314,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each clip, wait up to this many seconds for the machine's "
                              "other processes to drop below 0.3 busy cores")
-    parser.add_argument("--out", type=Path, default=benchlib.CACHE / "targets_speed.md",
-                        help="also write the report here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the report here (default .benchmarks/targets_speed.md, "
+                             "with --prosody-ab .benchmarks/targets_speed_prosody_ab.md)")
+    parser.add_argument("--prosody-ab", action="store_true",
+                        help="only prosody with f0_method yin vs PitchYinFFT, interleaved: "
+                             "alone, marginal, and the whole default set")
     args = parser.parse_args(argv)
+    if args.prosody_ab:
+        args.out = args.out or benchlib.CACHE / "targets_speed_prosody_ab.md"
+        prosody_ab(args)
+        return
+    args.out = args.out or benchlib.CACHE / "targets_speed.md"
 
     from featurestore.audio import decode
     from featurestore.extract import Moments, to_storage

@@ -28,6 +28,7 @@ from featurestore.targets import (
     register,
     resolve,
 )
+from featurestore.targets.pitch import yin_from_power
 from featurestore.targets.spectral import erb_space, gammatone_weights
 
 SR = 16000
@@ -385,6 +386,59 @@ def test_cqt_of_a_440_hz_tone_peaks_at_a4(a440: DecodedClip) -> None:
     assert np.all(out.argmax(axis=1) == 45)
 
 
+@pytest.mark.parametrize("cents", [-25, 0, 25])
+def test_cqt_tones_across_its_range_peak_at_their_bin(cents: int) -> None:
+    # C1 (bin 0) to B7 (bin 83), and a quarter of a semitone either side of each; C1's
+    # wavelet is ~8,200 samples (51 frames) long, so only frames 40.. -40 are looked at.
+    for k in (0, 1, 5, 12, 23, 33, 45, 57, 69, 76, 82, 83):
+        freq = 32.703195662574764 * 2 ** ((k + cents / 100) / 12)
+        out = compute("cqt", tone(freq))[40:-40]
+        assert np.all(out.argmax(axis=1) == k), (k, cents)
+
+
+def librosa_log_cqt(y: np.ndarray, sr: int = SR, hop: int = HOP) -> np.ndarray:
+    """What the ``cqt`` target computed with ``librosa.cqt`` before issue 12: the reference."""
+    p = REGISTRY["cqt"].params
+    c = librosa.cqt(y, sr=sr, hop_length=hop, fmin=p.fmin, n_bins=p.n_bins,
+                    bins_per_octave=p.bins_per_octave, tuning=0.0)
+    return np.log(fit_frames(np.abs(c).astype(np.float32), len(y) // hop, axis=1) + 1e-6).T
+
+
+def test_cqt_agrees_with_librosa_cqt_on_a_seeded_harmonic_signal() -> None:
+    rng = np.random.default_rng(12)
+    y = sum(harmonic_tone(f0, seconds=3.0) for f0 in rng.uniform(40.0, 600.0, size=3))
+    y = (y + 0.01 * rng.standard_normal(y.size)).astype(np.float32)
+    ours, ref = compute("cqt", y), librosa_log_cqt(y)
+    assert ours.shape == ref.shape == (y.size // HOP, 84)
+    assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] >= 0.99
+    # the same computation (librosa's filters, octaves and frames): equal to float32 rounding
+    np.testing.assert_allclose(np.exp(ours), np.exp(ref), rtol=0, atol=1e-5 * np.exp(ref).max())
+    assert np.abs(ours - ref).mean() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("sr", "hop", "n_samples"),
+    [(16000, 160, 0), (16000, 160, 100), (16000, 160, 4000), (16000, 161, 24000),
+     (22050, 512, 44100), (44100, 441, 44100)],
+    ids=["empty", "shorter-than-a-hop", "quarter-second", "odd-hop", "22k-hop-512", "44k"],
+)
+# librosa's reference warns that its lowest octaves' FFTs are longer than short inputs
+@pytest.mark.filterwarnings("ignore:n_fft=.* is too large for input signal:UserWarning")
+def test_cqt_matches_librosa_at_other_rates_hops_and_lengths(
+    sr: int, hop: int, n_samples: int
+) -> None:
+    # 22050 Hz / hop 512 takes librosa's early down-sampling path; an odd hop, none at all.
+    rng = np.random.default_rng(0)
+    y = (0.2 * rng.standard_normal(n_samples)).astype(np.float32)
+    p = REGISTRY["cqt"].params
+    ours = DecodedClip(y, sr, hop).cqt(p.n_bins, p.bins_per_octave, p.fmin)
+    ref = np.exp(librosa_log_cqt(y, sr, hop).T) - 1e-6
+    assert ours.dtype == np.float32
+    assert ours.shape == ref.shape == (84, n_samples // hop)
+    if ours.size:
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5 * ref.max())
+
+
 def test_pyin_f0_of_a_440_hz_tone() -> None:
     out = compute("pyin", tone(440.0, seconds=1.0))  # pYIN is slow: one second
     np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.01)
@@ -430,6 +484,143 @@ def test_harmonic_tone_at_110_hz_has_f0_110_hz() -> None:
     # the strongest pitch classes are A (110, 220, 440, 880 Hz), then E (330, 660 Hz)
     hpcp = interior(compute("hpcp", frames))
     assert np.all(np.argsort(hpcp, axis=1)[:, -2:] == [4, 9])
+
+
+# --------------------------------------------------------------------------- prosody's YIN
+
+
+@pytest.mark.parametrize("freq", [55.0, 220.0, 1000.0, 1760.0])
+def test_prosody_f0_of_pure_tones_across_the_range(freq: float) -> None:
+    out = compute("prosody", tone(freq))
+    np.testing.assert_allclose(interior(f0_hz(out)), freq, rtol=0.01)
+    assert np.all(interior(out[:, 1]) == 1.0)  # voiced
+
+
+def test_prosody_is_not_an_octave_off_on_a_strong_second_harmonic() -> None:
+    # The second harmonic is twice as loud as the fundamental (four times the power), so
+    # the first dip of the difference function is at half the period; YIN's cumulative-
+    # mean normalisation must still pick the full period.
+    out = compute("prosody", tone(200.0, 400.0, 600.0, amps=[0.15, 0.3, 0.1]))
+    np.testing.assert_allclose(interior(f0_hz(out)), 200.0, rtol=0.01)
+    assert np.all(interior(out[:, 1]) == 1.0)
+
+
+@pytest.mark.parametrize("method", ["yin", "PitchYinFFT"])
+def test_prosody_f0_methods_give_the_declared_shape_and_the_pitch(method: str) -> None:
+    target = REGISTRY["prosody"]()
+    target.params = dataclasses.replace(target.params, f0_method=method)  # type: ignore[misc]
+    clip = DecodedClip(tone(440.0, seconds=1.0), SR, HOP)
+    out = target(clip)
+    assert out.shape == (clip.n_frames, REGISTRY["prosody"].dim)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(interior(f0_hz(out)), 440.0, rtol=0.01)
+
+
+def test_prosody_declares_numpy_yin_as_its_default_tracker() -> None:
+    spec = REGISTRY["prosody"].spec()
+    assert spec.params["f0_method"] == "yin"
+    assert spec.library == "numpy"
+
+
+def plain_yin(
+    frame: np.ndarray, sample_rate: int, fmin: float, fmax: float, threshold: float
+) -> tuple[float, float]:
+    """YIN on one frame, written out: the reference :func:`yin_from_power` must match.
+
+    The frame is Hann-windowed; ``r(tau)`` is its circular autocorrelation (what an
+    inverse FFT of its power spectrum gives) divided by the window's own, normalised to
+    1 at lag 0; ``d(tau) = 2 (r(0) - r(tau))``, ``d'(tau) = d(tau) tau / sum d(1..tau)``.
+    The lag is the first local minimum of ``d'`` below ``threshold`` in
+    ``[sample_rate // fmax, ceil(sample_rate / fmin)]``, else the smallest ``d'`` there,
+    refined by a parabola through ``d`` at the lag and its neighbours.
+    """
+    n = len(frame)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # periodic Hann
+    xw = frame * window
+
+    def circular_autocorrelation(x: np.ndarray, lag: int) -> float:
+        return float(sum(x[i] * x[(i + lag) % n] for i in range(n)))
+
+    lo = max(2, int(sample_rate // fmax))
+    hi = int(np.ceil(sample_rate / fmin))
+    w0 = circular_autocorrelation(window, 0)
+    r = [circular_autocorrelation(xw, lag) * w0 / circular_autocorrelation(window, lag)
+         for lag in range(hi + 2)]
+    if r[0] <= 1e-12:
+        return 0.0, 0.0
+    d = [max(2.0 * (r[0] - r[lag]), 0.0) for lag in range(hi + 2)]
+    dn = [1.0] * (hi + 2)
+    total = 0.0
+    for lag in range(1, hi + 2):
+        total += d[lag]
+        dn[lag] = d[lag] * lag / max(total, 1e-20)
+    best = None
+    for lag in range(lo, hi + 1):
+        if dn[lag] < threshold and dn[lag] < dn[lag - 1] and dn[lag] <= dn[lag + 1]:
+            best = lag
+            break
+    if best is None:
+        best = min(range(lo, hi + 1), key=lambda lag: dn[lag])
+    a, b, c = d[best - 1], d[best], d[best + 1]
+    curvature = a - 2 * b + c
+    shift = float(np.clip(0.5 * (a - c) / curvature, -1, 1)) if curvature > 0 else 0.0
+    return sample_rate / (best + shift), float(np.clip(1 - dn[best], 0, 1))
+
+
+def test_yin_from_power_agrees_with_a_plain_per_frame_yin() -> None:
+    rng = np.random.default_rng(12)
+    n_fft, n_frames = 512, 24
+    t = np.arange(n_fft) / SR
+    frames = []
+    for _ in range(n_frames):  # random harmonic tones in noise, a few frames of noise only
+        f0 = rng.uniform(60.0, 900.0)
+        amps = rng.uniform(0.0, 0.5, size=4)
+        phases = rng.uniform(0.0, 2 * np.pi, size=4)
+        y = sum(a * np.sin(2 * np.pi * k * f0 * t + p)
+                for k, (a, p) in enumerate(zip(amps, phases, strict=True), start=1))
+        frames.append(y + rng.uniform(0.0, 0.3) * rng.standard_normal(n_fft))
+    frames[3] = 0.1 * rng.standard_normal(n_fft)
+    frames[7] = np.zeros(n_fft)
+    frames = np.asarray(frames)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    power = np.abs(np.fft.rfft(frames * window, axis=1)).T ** 2  # (1 + n_fft // 2, n_frames)
+
+    f0, confidence = yin_from_power(power, SR, 80.0, 2000.0, threshold=0.2)
+    expected = np.array([plain_yin(f, SR, 80.0, 2000.0, 0.2) for f in frames])
+    assert f0.shape == confidence.shape == (n_frames,)
+    np.testing.assert_allclose(f0, expected[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(confidence, expected[:, 1], atol=1e-6)
+    assert (f0[7], confidence[7]) == (0.0, 0.0)  # digital silence
+
+
+def test_yin_from_power_keeps_single_precision() -> None:
+    power = DecodedClip(tone(440.0, seconds=0.5), SR, HOP).power(1024)
+    f0, confidence = yin_from_power(power, SR, 40.0, 2000.0)
+    assert f0.dtype == confidence.dtype == np.float32
+    np.testing.assert_allclose(interior(f0), 440.0, rtol=0.001)
+    f0_64, _ = yin_from_power(power.astype(np.float64), SR, 40.0, 2000.0)
+    assert f0_64.dtype == np.float64
+    np.testing.assert_allclose(f0, f0_64, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("power", "kwargs", "message"),
+    [
+        (np.ones(513), {}, "shape"),
+        (np.ones((513, 4), dtype=np.complex64), {}, "real"),
+        (np.ones((513, 4)), {"fmin": 2000.0, "fmax": 40.0}, "fmin"),
+        (np.ones((513, 4)), {"fmax": 9000.0}, "fmax"),
+        (np.ones((513, 4)), {"fmin": 20.0}, "n_fft"),
+        (np.ones((513, 4)), {"sample_rate": 0}, "sample_rate"),
+        (np.ones((513, 4)), {"threshold": 0.0}, "threshold"),
+    ],
+    ids=["1-d", "complex", "fmin-above-fmax", "fmax-above-nyquist", "fmin-too-low",
+         "sample-rate", "threshold"],
+)
+def test_yin_from_power_rejects_bad_input(power: np.ndarray, kwargs: dict, message: str) -> None:
+    args = {"sample_rate": SR, "fmin": 40.0, "fmax": 2000.0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        yin_from_power(power, **args)
 
 
 # --------------------------------------------------------------------------- silence

@@ -184,4 +184,6 @@ class ConstantQ(Target):
 
     def compute(self, clip: DecodedClip) -> np.ndarray:
         p = self.params
+        # librosa.cqt's values (tuning 0, its defaults otherwise) to float32 rounding, from its
+        # filter bank built once per process and applied as time-domain kernels (issue 12).
         return np.log(clip.cqt(p.n_bins, p.bins_per_octave, p.fmin) + 1e-6).T
