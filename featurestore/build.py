@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ from featurestore.store import (
     SCHEMA_VERSION,
     PartitionResult,
     Store,
-    TargetSpec,
     assemble,
     format_bytes,
     format_hours,
@@ -318,13 +317,6 @@ def _complete_file_set(files: list[Path]) -> bool:
     return not set_problems(members)
 
 
-def _same_declaration(stored: TargetSpec, current: TargetSpec) -> bool:
-    """Whether a stored target spec still describes the registry's target (the wording
-    of its description and its membership of the default set do not change values)."""
-    keys = ("name", "dim", "rate", "library", "dtype", "params", "deltas")
-    return all(getattr(stored, k) == getattr(current, k) for k in keys)
-
-
 def build(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -427,9 +419,9 @@ def build(
             quantize = any(s.specs[n].dtype == CODE_DTYPE for n, s in stored.items())
         for name, store in stored.items():
             now = stored_spec(REGISTRY[name], quantize) if name in requested else None
-            if now is not None and not _same_declaration(store.specs[name], now):
-                old = store.specs[name]
-                if _same_declaration(old, replace(now, dtype=old.dtype)):
+            old = store.specs[name]
+            if now is not None and not (old.same_values(now) and old.dtype == now.dtype):
+                if old.same_values(now):
                     raise FeatureStoreError(
                         f"{store.path}: target {name!r} is stored as {old.dtype}, this build "
                         f"would store {now.dtype} ({'with' if quantize else 'without'} "

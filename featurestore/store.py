@@ -294,6 +294,13 @@ class TargetSpec:
         """The declaration as plain data (what :meth:`to_json` writes)."""
         return asdict(self)
 
+    def same_values(self, other: TargetSpec) -> bool:
+        """Whether two declarations describe the same values: name, dim, rate, library,
+        parameters and deltas agree (the storage dtype, the wording of the description and
+        the membership of the default set do not change what is computed)."""
+        keys = ("name", "dim", "rate", "library", "params", "deltas")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
     def to_json(self) -> str:
         """The one serialisation of a spec: JSON with sorted keys."""
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 from stores import TINY_PASE, build_store, tone_corpus
@@ -246,6 +248,21 @@ def test_validation_losses_per_worker_on_a_held_out_store(store: Path, tmp_path:
                           valid_store=[str(store)], workers=["mfcc", "lim"],
                           diagnostics=False), progress=False)
     assert [r["step"] for r in losses(plain, "valid")] == [2, 4]
+
+
+def test_a_validation_store_computed_otherwise_is_refused(store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.h5"
+    shutil.copyfile(store, other)
+    with h5py.File(other, "r+") as f:  # prosody computed with the other F0 tracker
+        spec = json.loads(f["targets/prosody"].attrs["spec"])
+        spec["params"]["f0_method"] = "PitchYinFFT"
+        f["targets/prosody"].attrs["spec"] = json.dumps(spec, sort_keys=True)
+    with pytest.raises(TrainingError, match=r"other.h5: target 'prosody' was computed with "
+                                             r"other parameters than in .*tones.h5"):
+        pretrain(tiny(store, tmp_path / "run", steps=2, valid_store=[str(other)],
+                      workers=["mfcc", "prosody"]), progress=False)
+    pretrain(tiny(store, tmp_path / "ok", steps=2, valid_store=[str(other)],
+                  workers=["mfcc"]), progress=False)  # the workers trained agree
 
 
 def test_a_skipped_step_changes_no_weight(store: Path, tmp_path: Path,

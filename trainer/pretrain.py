@@ -290,6 +290,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
             workers.targets, crop_frames=data.crop_frames, device=env.device,
             pairs=workers.needs_pairs, normalise_like=data,
         )
+        for name in workers.targets:
+            if not valid.specs[name].same_values(data.specs[name]):
+                raise TrainingError(
+                    f"{valid.stores[0].path}: target {name!r} was computed with other "
+                    f"parameters than in {data.stores[0].path} (valid "
+                    f"{valid.specs[name].params}, train {data.specs[name].params}): its "
+                    "validation R² would compare different things; rebuild one of them")
     probe = None
     if cfg.probe_store and cfg.diagnostics and env.main:
         try:
