@@ -19,6 +19,8 @@ import featurestore
 from trainer.data import clip_crops, crop_bounds
 from trainer.embed import (
     EncoderEmbedder,
+    batch_pieces,
+    bucket_frames,
     cache_path,
     clip_embeddings,
     load_embedder,
@@ -314,3 +316,117 @@ def test_progress_counts_audio_seconds_as_batches_are_encoded(
     assert "embedding" in err and "audio-s" in err
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert f"{seconds:.1f}/{seconds:.1f}" in last
+
+
+# ---------------------------------------------------------------------------- crop buckets
+# (issue 12) Every new input shape costs a CPU encoder a kernel set-up, so last crops are
+# padded to a few lengths and partial batches run in power-of-two pieces.
+
+
+def test_bucket_lengths_and_batch_pieces() -> None:
+    # 100-frame crops, 8 buckets: multiples of 13, at most the crop.
+    assert [bucket_frames(t, 100, 8) for t in (1, 13, 14, 90, 91, 92, 99, 100)] == \
+        [13, 13, 26, 91, 91, 100, 100, 100]
+    assert len({bucket_frames(t, 100, 8) for t in range(1, 101)}) == 8
+    assert len({bucket_frames(t, 1000, 8) for t in range(1, 1001)}) == 8
+    assert [bucket_frames(t, 100, 0) for t in (1, 37, 100)] == [1, 37, 100]  # no buckets
+    assert bucket_frames(3, 5, 8) == 3  # fewer frames than buckets: every length is one
+    assert batch_pieces(13, 16) == [8, 4, 1]
+    assert batch_pieces(35, 16) == [16, 16, 2, 1]
+    assert batch_pieces(16, 16) == [16] and batch_pieces(0, 4) == []
+    assert {s for n in range(1, 200) for s in batch_pieces(n, 16)} == {1, 2, 4, 8, 16}
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight tones of 0.57-2.89 s: every clip's last crop of 1 s has its own length."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("varied")
+    source = tone_corpus(root / "audio", n_clips=8, seconds=3.0, seed=5)
+    for i, seconds in enumerate((0.57, 0.96, 1.23, 1.48, 1.72, 2.05, 2.64, 2.89)):
+        path = root / "audio" / f"clip{i:03d}.wav"
+        y, sr = sf.read(path, dtype="float32")
+        sf.write(path, y[: int(seconds * sr)], sr)
+    return build_store(source, root / "varied.h5", "mfcc")
+
+
+def test_the_encoder_sees_at_most_one_shape_per_bucket_and_batch_piece(varied: Path) -> None:
+    embedder = load_embedder("random:pase+", encoder_kwargs=TINY_PASE, buckets=4)
+    assert isinstance(embedder, EncoderEmbedder)
+    shapes: set[tuple[int, ...]] = set()
+    embedder.encoder.register_forward_pre_hook(lambda m, a: shapes.add(tuple(a[0].shape)))
+    got = clip_embeddings(embedder, varied, crop_seconds=1.0, batch_size=4, device="cpu",
+                          cache=False)
+    lengths = {s[1] // 160 for s in shapes}
+    assert lengths <= {25, 50, 75, 100}  # 4 buckets of a 100-frame crop
+    assert {s[0] for s in shapes} <= {1, 2, 4}
+    assert len(shapes) <= 4 * 3
+    # Without buckets every last crop is a shape of its own.
+    plain = load_embedder("random:pase+", encoder_kwargs=TINY_PASE, buckets=0)
+    assert isinstance(plain, EncoderEmbedder)
+    seen: set[int] = set()
+    plain.encoder.register_forward_pre_hook(lambda m, a: seen.add(a[0].shape[1] // 160))
+    ref = clip_embeddings(plain, varied, crop_seconds=1.0, batch_size=4, device="cpu",
+                          cache=False)
+    assert len(seen) == 9  # 100 frames and eight last-crop lengths
+    # The padding changes the recurrent encoder's pooled embeddings only a little.
+    rel = np.linalg.norm(got.X - ref.X, axis=1) / np.linalg.norm(ref.X, axis=1)
+    assert rel.max() < 0.05, rel
+
+
+def test_buckets_leave_a_bucket_length_crop_and_a_frame_local_encoder_unchanged(
+        stores: dict[str, Path]) -> None:
+    # 237 frames in crops of 79: the last crop is 79 frames, a bucket length, so padding
+    # never happens and the recurrent encoder's embeddings are those without buckets.
+    a = clip_embeddings(tiny(), stores["mfcc"], crop_seconds=0.79, device="cpu", cache=False)
+    plain = tiny()
+    plain.buckets = 0
+    b = clip_embeddings(plain, stores["mfcc"], crop_seconds=0.79, device="cpu", cache=False)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-6)
+    # Last crops of 37 frames padded to 39 (1 s crops, step 13): a frame-local encoder's
+    # frames are untouched by the padding, which pooling never sees.
+    local = EncoderEmbedder("frame-linear", "frame-linear-key", FrameLinear, buckets=8)
+    exact = EncoderEmbedder("frame-linear", "frame-linear-key", FrameLinear, buckets=0)
+    np.testing.assert_allclose(
+        clip_embeddings(local, stores["mfcc"], crop_seconds=1.0, device="cpu", cache=False).X,
+        clip_embeddings(exact, stores["mfcc"], crop_seconds=1.0, device="cpu", cache=False).X,
+        rtol=1e-6, atol=1e-7)
+    store = featurestore.open_store(stores["mfcc"])
+    local.crop_seconds = 1.0
+    frames = local.frames(store, 3)
+    assert frames.shape == (237, 8)  # the unbatched path trims the padding too
+
+
+def test_the_cache_records_buckets_and_precision(stores: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    path = tmp_path / "copy.h5"
+    shutil.copy(stores["mfcc"], path)
+    first = tiny()
+    clip_embeddings(first, path, crop_seconds=1.0, device="cpu")
+    with h5py.File(cache_path(path, first.key, "mean+std", 1.0), "r") as f:
+        assert (f.attrs["buckets"], f.attrs["cpu_bf16"]) == (8, 0)
+    for change in ({"buckets": 0}, {"cpu_bf16": True}):
+        other = tiny()
+        for k, v in change.items():
+            setattr(other, k, v)
+        calls = counting(other)
+        clip_embeddings(other, path, crop_seconds=1.0, device="cpu")
+        assert len(calls) > 0, change  # computed again, not served from the other cache
+    same = tiny()
+    calls = counting(same)
+    clip_embeddings(same, path, crop_seconds=1.0, device="cpu")  # last written: bf16
+    assert len(calls) > 0
+    calls.clear()
+    clip_embeddings(same, path, crop_seconds=1.0, device="cpu")
+    assert calls == []
+
+
+def test_cpu_bf16_embeddings_are_close_to_float32(stores: dict[str, Path]) -> None:
+    fp32 = clip_embeddings(tiny(), stores["mfcc"], crop_seconds=1.0, device="cpu",
+                           cache=False)
+    half = load_embedder("random:pase+", encoder_kwargs=TINY_PASE, cpu_bf16=True)
+    bf16 = clip_embeddings(half, stores["mfcc"], crop_seconds=1.0, device="cpu", cache=False)
+    assert bf16.key == fp32.key and bf16.X.dtype == np.float32
+    rel = np.linalg.norm(bf16.X - fp32.X, axis=1) / np.linalg.norm(fp32.X, axis=1)
+    assert 0 < rel.max() < 0.02, rel

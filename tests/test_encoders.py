@@ -312,3 +312,111 @@ def test_melcnn_context_layers_widen_the_receptive_field_exactly(layers: int) ->
     half = 2 + 2**layers - 1
     assert touched == list(range(32 - half, 32 + half + 1))
     assert enc.config()["context_layers"] == layers
+
+
+# ---------------------------------------------------------------------------- CPU fast path
+# (issue 12) PASE+'s eval-mode CPU path computes the sinc block, the first conv block and
+# the first skip as matrix products; it must be the same function as the layers.
+
+
+def _with_running_stats(enc: PasePlus) -> PasePlus:
+    """``enc`` after two training-mode forwards (non-trivial batch-norm statistics) and
+    with random PReLU slopes, in eval mode."""
+    enc.train()
+    with torch.no_grad():
+        for seed in (7, 8):
+            enc(noise(2, 30, seed=seed))
+        for m in enc.modules():
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(-0.5, 1.5)
+    return enc.eval()
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"skips": False, "rnn": False},
+    # another first block: odd kernel, stride 8 (the taps split over frames differently)
+    {"kernels": [21, 5, 5, 5, 5, 5, 5], "strides": [8, 2, 1, 5, 1, 2, 1], "sinc_kernel": 31},
+])
+@pytest.mark.parametrize("frames", [1, 2, 13])
+def test_pase_fast_eval_path_equals_the_layers(overrides: dict[str, Any], frames: int) -> None:
+    enc = _with_running_stats(tiny("pase+", **overrides))
+    wave = noise(3, frames, seed=4)
+    with torch.no_grad():
+        enc.fast_eval = False
+        ref = enc(wave)
+        enc.fast_eval = True
+        fast = enc(wave)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pase_fast_eval_path_is_differentiable_and_follows_weight_changes() -> None:
+    enc = _with_running_stats(tiny("pase+"))
+    wave = noise(2, 6, seed=5)
+    with torch.no_grad():
+        before = enc(wave)
+    # Eval mode with autograd on (as the centring tests use): gradients reach the sinc
+    # cut-offs and the first block through the fast path.
+    enc(wave).square().sum().backward()
+    assert enc.sinc[0].low.grad is not None and enc.sinc[0].low.grad.abs().sum() > 0
+    assert enc.blocks[0][0].weight.grad is not None
+    # An in-place update (an optimiser step, a loaded state dict) is seen at once.
+    with torch.no_grad():
+        enc.blocks[0][0].weight.mul_(2.0)
+        enc.sinc[0].band.add_(0.01)
+        after = enc(wave)
+        enc.fast_eval = False
+        ref = enc(wave)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_mode_sinc_filters_are_cached_and_equal_fresh_ones() -> None:
+    sinc = SincConv1d(8, 31).eval()
+    with torch.no_grad():
+        first = sinc.cached_filters()
+        assert sinc.cached_filters() is first  # kept while the cut-offs are unchanged
+        torch.testing.assert_close(first, sinc.filters(), rtol=0, atol=0)
+        sinc.low.add_(0.001)  # bumps the version counter
+        second = sinc.cached_filters()
+    assert second is not first
+    torch.testing.assert_close(second, sinc.filters().detach(), rtol=0, atol=0)
+    with torch.inference_mode():
+        third = sinc.cached_filters()
+    assert not third.is_inference()  # usable outside inference mode too
+    # Training mode, or a gradient wanted: always fresh, attached to the cut-offs.
+    assert sinc.cached_filters().requires_grad
+    sinc.train()
+    with torch.no_grad():
+        assert sinc.cached_filters() is not sinc.cached_filters()
+
+
+def test_pase_gru_runs_on_one_thread_and_restores_the_count() -> None:
+    enc = _with_running_stats(tiny("pase+"))
+    seen: list[int] = []
+    assert enc.rnn is not None
+    enc.rnn.register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
+    wave = noise(2, 20, seed=6)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            one = enc(wave)
+            assert torch.get_num_threads() == 2
+            enc.rnn_one_thread = False
+            every = enc(wave)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+    torch.testing.assert_close(one, every, rtol=1e-5, atol=1e-6)
+
+
+def test_pase_fast_eval_path_under_cpu_bf16_autocast() -> None:
+    enc = _with_running_stats(tiny("pase+"))
+    wave = noise(2, 10, seed=9)
+    with torch.no_grad():
+        ref = enc(wave)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = enc(wave)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.float() - ref).norm() / ref.norm() < 0.05

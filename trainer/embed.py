@@ -20,11 +20,20 @@ come from :func:`load_embedder`:
 records the store's identity (its ``created`` attribute, clip count and a digest of the
 clip ids and checksums), so a rebuilt store is embedded again.
 
-Encoders run in eval mode under ``torch.no_grad`` (bf16 autocast on CUDA). A clip is cut
-into crops of at most ``crop_seconds`` (whole frames; the last, shorter crop is kept),
-crops of equal length from many clips are batched together, and the frames of a clip's
-crops are concatenated in order before pooling. A frame-local encoder therefore gives
-exactly the whole-clip result; a recurrent one (PASE+'s GRU) sees each crop on its own.
+Encoders run in eval mode under ``torch.inference_mode`` (bf16 autocast on CUDA, and on
+the CPU where an embedder asks for it with ``cpu_bf16``). A clip is cut into crops of at
+most ``crop_seconds`` (whole frames; the last, shorter crop is kept), crops of equal length
+from many clips are batched together, and the frames of a clip's crops are concatenated in
+order before pooling. A frame-local encoder therefore gives exactly the whole-clip result;
+a recurrent one (PASE+'s GRU) sees each crop on its own.
+
+Shapes are bounded, because every new input shape costs a CPU encoder a set-up of its
+kernels: a shorter last crop is zero-padded at its end to the next of ``buckets`` lengths
+(multiples of ``ceil(crop / buckets)`` frames, :func:`bucket_frames`) and the frames that
+the padding adds are dropped before pooling; a batch smaller than ``batch_size`` runs as
+power-of-two pieces (:func:`batch_pieces`). A crop that is already a bucket length is
+encoded exactly as without buckets; otherwise only frames within the encoder's receptive
+field of the padding change (for PASE+'s GRU, the backward direction starts on the padding).
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ from trainer.encoder_file import architecture_of, load_encoder, read_encoder_fil
 from trainer.specs import MFCC_STATS, TARGETS_STATS, parse_spec
 
 POOLINGS = ("mean", "mean+std")
+DEFAULT_BUCKETS = 8
+"""Crop lengths per crop size that an encoder embedder pads last crops to (0: none)."""
 MFCC_STATS_KEY = "mfcc-stats-v1"  # bump when what mfcc-stats computes changes
 TARGETS_STATS_KEY = "targets-stats-v1"  # bump when what targets-stats computes changes
 CACHE_FORMAT = "trainer-embeddings/1"
@@ -79,6 +90,44 @@ def pool(frames: np.ndarray, pooling: str) -> np.ndarray:
         x = np.zeros((1, x.shape[1]))
     parts = [x.mean(axis=0)] + ([x.std(axis=0)] if pooling == "mean+std" else [])
     return np.concatenate(parts).astype(np.float32)
+
+
+def bucket_frames(n_frames: int, crop_frames: int, buckets: int) -> int:
+    """The length a crop of ``n_frames`` is padded to before it is encoded.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames of the crop, ``1 <= n_frames <= crop_frames``.
+    crop_frames : int
+        The longest crop.
+    buckets : int
+        Number of lengths: the next multiple of ``ceil(crop_frames / buckets)``, at most
+        ``crop_frames``; 0 (or 1 with ``n_frames == crop_frames``) keeps ``n_frames``.
+
+    Returns
+    -------
+    int
+        At least ``n_frames``; one of at most ``buckets`` values for a given
+        ``crop_frames``.
+    """
+    if buckets <= 0 or n_frames >= crop_frames:
+        return n_frames
+    step = -(-crop_frames // buckets)
+    return min(crop_frames, -(-n_frames // step) * step)
+
+
+def batch_pieces(n: int, batch_size: int) -> list[int]:
+    """Sizes of the encoder calls for ``n`` crops of one length: full batches of
+    ``batch_size``, then the rest as decreasing powers of two (13 → 8, 4, 1), so that a
+    run sees at most ``1 + log2(batch_size)`` batch sizes."""
+    sizes = [batch_size] * (n // batch_size)
+    rest = n % batch_size
+    while rest:
+        p = 1 << (rest.bit_length() - 1)
+        sizes.append(p)
+        rest -= p
+    return sizes
 
 
 def _sha1_file(path: str | os.PathLike[str]) -> str:
@@ -220,16 +269,26 @@ class EncoderEmbedder(Embedder):
         Longest crop that :meth:`frames` feeds the encoder at once.
     batch_size : int
         Crops per encoder call in :meth:`frames`.
+    buckets : int
+        Lengths that a shorter last crop is padded to (:func:`bucket_frames`; 0: none).
+        Recorded in the embeddings cache.
+    cpu_bf16 : bool
+        Run the encoder under bf16 autocast on the CPU too (about 1.5x faster where the
+        CPU has bf16 instructions; pooled embeddings change by about 0.3 %, see
+        benchmarks/RESULTS.md). Recorded in the embeddings cache.
     """
 
     def __init__(self, name: str, key: str, build: Callable[[], nn.Module], *,
                  sample_rate: int = 16000, crop_seconds: float = 10.0,
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, buckets: int = DEFAULT_BUCKETS,
+                 cpu_bf16: bool = False) -> None:
         self.name, self.key = name, key
         self._build = build
         self._sample_rate = int(sample_rate)
         self.crop_seconds = float(crop_seconds)
         self.batch_size = max(1, int(batch_size))
+        self.buckets = max(0, int(buckets))
+        self.cpu_bf16 = bool(cpu_bf16)
 
     @cached_property
     def encoder(self) -> nn.Module:
@@ -275,10 +334,32 @@ class EncoderEmbedder(Embedder):
         """Encode equal-length crops ``[B, t * hop]`` (on the encoder's device) into
         frames ``[B, t, dim]`` (float32), in eval mode without gradients."""
         enc = self.encoder
-        with torch.no_grad(), torch.autocast(waves.device.type, dtype=torch.bfloat16,
-                                             enabled=waves.device.type == "cuda"):
+        bf16 = waves.device.type == "cuda" or (self.cpu_bf16 and waves.device.type == "cpu")
+        with torch.inference_mode(), torch.autocast(waves.device.type, dtype=torch.bfloat16,
+                                                    enabled=bf16):
             out = enc(waves)
-        return out.float().transpose(1, 2)
+            return out.float().transpose(1, 2)
+
+    def encode_crops(self, crops: list[np.ndarray], crop_frames: int, device: torch.device,
+                     batch_size: int | None = None) -> list[np.ndarray]:
+        """Frames ``[t_i, dim]`` (float32) of crops ``[t_i * hop]`` of one bucket
+        (:func:`bucket_frames`) of ``crop_frames``: each is zero-padded at its end to the
+        bucket length, encoded in :func:`batch_pieces` of ``batch_size`` (default: the
+        embedder's), and cut back to its own ``t_i`` frames."""
+        hop = self.hop
+        batch_size = self.batch_size if batch_size is None else max(1, int(batch_size))
+        lengths = [len(c) // hop for c in crops]
+        padded = max(bucket_frames(t, crop_frames, self.buckets) for t in lengths)
+        out: list[np.ndarray] = []
+        k = 0
+        for size in batch_pieces(len(crops), batch_size):
+            batch = np.zeros((size, padded * hop), dtype=np.float32)
+            for row, crop in enumerate(crops[k : k + size]):
+                batch[row, : len(crop)] = crop
+            frames = self.encode(torch.from_numpy(batch).to(device)).cpu().numpy()
+            out.extend(f[:t] for f, t in zip(frames, lengths[k : k + size], strict=True))
+            k += size
+        return out
 
     def to(self, device: torch.device) -> EncoderEmbedder:
         """Move the encoder to ``device``; returns self."""
@@ -290,18 +371,14 @@ class EncoderEmbedder(Embedder):
         device = resolve_device(device)
         self.to(device)
         hop = self.hop
-        wave = torch.from_numpy(clip_wave(store, i))
-        n_frames = wave.shape[0] // hop
+        wave = clip_wave(store, i)
         crop_frames = max(1, int(self.crop_seconds * self.sample_rate) // hop)
-        bounds = crop_bounds(n_frames, crop_frames)
-        full = [b for b in bounds if b[1] - b[0] == crop_frames]
-        out = []
-        for k in range(0, len(full), self.batch_size):
-            batch = torch.stack([wave[a * hop : b * hop] for a, b in full[k : k + self.batch_size]])
-            out.extend(self.encode(batch.to(device)).cpu().numpy())
-        if len(full) < len(bounds):
-            a, b = bounds[-1]
-            out.append(self.encode(wave[a * hop : b * hop][None].to(device))[0].cpu().numpy())
+        bounds = crop_bounds(len(wave) // hop, crop_frames)
+        crops = [wave[a * hop : b * hop] for a, b in bounds]
+        full = [c for c in crops if len(c) == crop_frames * hop]
+        out = self.encode_crops(full, crop_frames, device) if full else []
+        if len(full) < len(crops):
+            out += self.encode_crops(crops[-1:], crop_frames, device)
         return np.concatenate(out).astype(np.float32)
 
 
@@ -311,7 +388,8 @@ STORE_EMBEDDERS: dict[str, type[Embedder]] = {
 
 
 def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu",
-                  encoder_kwargs: dict[str, Any] | None = None) -> Embedder:
+                  encoder_kwargs: dict[str, Any] | None = None,
+                  buckets: int = DEFAULT_BUCKETS, cpu_bf16: bool = False) -> Embedder:
     """The embedder named by ``spec``.
 
     Parameters
@@ -338,6 +416,8 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     encoder_kwargs : dict, optional
         Constructor arguments of a ``random:<encoder name>`` encoder (a smaller
         configuration).
+    buckets, cpu_bf16
+        Of an encoder's :class:`EncoderEmbedder`.
 
     Returns
     -------
@@ -384,7 +464,8 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
                 enc = build_encoder(name, **kwargs)
             return enc.to(dev)
 
-        return EncoderEmbedder(spec, key, build, sample_rate=sample_rate)
+        return EncoderEmbedder(spec, key, build, sample_rate=sample_rate, buckets=buckets,
+                               cpu_bf16=cpu_bf16)
     if not os.path.exists(spec):
         raise FileNotFoundError(
             f"{spec}: no such encoder file (expected an encoder.pt, 'random:<encoder>', "
@@ -394,7 +475,7 @@ def load_embedder(spec: str, *, seed: int = 0, device: str | torch.device = "cpu
     def load() -> nn.Module:
         return load_encoder(spec, device=dev)
 
-    return EncoderEmbedder(spec, _sha1_file(spec), load)
+    return EncoderEmbedder(spec, _sha1_file(spec), load, buckets=buckets, cpu_bf16=cpu_bf16)
 
 
 def _full_config(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -455,6 +536,14 @@ def store_identity(store: Store) -> dict[str, Any]:
         h.update(b"\0")
     return {"store_created": str(store.attrs.get("created", "")), "n_clips": store.n_clips,
             "clips_digest": h.hexdigest()}
+
+
+def _settings(embedder: Embedder) -> dict[str, Any]:
+    """How an encoder embedder computes (recorded in, and checked against, its cache):
+    its crop buckets and CPU precision. Empty for store embedders."""
+    if not isinstance(embedder, EncoderEmbedder):
+        return {}
+    return {"buckets": embedder.buckets, "cpu_bf16": int(embedder.cpu_bf16)}
 
 
 def _read_cache(path: Path, identity: dict[str, Any], key: str, pooling: str,
@@ -523,8 +612,9 @@ def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
     batches of equal-length crops drawn from many clips.
 
     Full crops fill batches of ``batch_size``; shorter last crops wait in buckets of their
-    own length. Pending crops are bounded (about ``4 * batch_size`` full crops' samples):
-    when the bound is passed, every bucket is flushed.
+    padded length (:func:`bucket_frames` with the embedder's ``buckets``). Pending crops
+    are bounded (about ``4 * batch_size`` full crops' samples): when the bound is passed,
+    every bucket is flushed, each in :func:`batch_pieces`.
     """
     hop = embedder.hop
     limit = 4 * batch_size * crop_frames
@@ -539,9 +629,9 @@ def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
         pending_frames -= length * len(items)
         for k in range(0, len(items), batch_size):
             chunk = items[k : k + batch_size]
-            waves = torch.from_numpy(np.stack([w for _, _, w in chunk])).to(device)
-            out = embedder.encode(waves).cpu().numpy()
-            on_batch(len(chunk) * length)
+            out = embedder.encode_crops([w for _, _, w in chunk], crop_frames, device,
+                                        batch_size)
+            on_batch(sum(len(w) for _, _, w in chunk) // hop)
             for (clip, j, _), frames in zip(chunk, out, strict=True):
                 pieces[clip][j] = frames
 
@@ -557,8 +647,9 @@ def _encoder_batches(embedder: EncoderEmbedder, store: Store, crop_frames: int,
         bounds = crop_bounds(len(wave) // hop, crop_frames)
         pieces[i] = [None] * len(bounds)
         for j, (a, b) in enumerate(bounds):
-            buckets.setdefault(b - a, []).append((i, j, wave[a * hop : b * hop]))
-            pending_frames += b - a
+            length = bucket_frames(b - a, crop_frames, embedder.buckets)
+            buckets.setdefault(length, []).append((i, j, wave[a * hop : b * hop]))
+            pending_frames += length
         if len(buckets.get(crop_frames, ())) >= batch_size:
             run(crop_frames)
         if pending_frames > limit:
@@ -624,7 +715,7 @@ def clip_embeddings(spec: str | Embedder, store_path: str | os.PathLike[str], *,
     embedder = load_embedder(spec, device=dev) if isinstance(spec, str) else spec
     c = store.clips
     ids = [str(v) for v in c["id"].tolist()]
-    identity = store_identity(store)
+    identity = {**store_identity(store), **_settings(embedder)}
     path = cache_path(store_path, embedder.key, pooling, crop_seconds)
     X = _read_cache(path, identity, embedder.key, pooling, crop_seconds) if cache else None
     if X is not None and len(X) != store.n_clips:
@@ -683,6 +774,7 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
 
 
 __all__ = [
-    "STORE_EMBEDDERS", "Embedder", "Embeddings", "EncoderEmbedder", "MfccStatsEmbedder",
-    "TargetsStatsEmbedder", "cache_path", "clip_embeddings", "load_embedder", "pool",
+    "DEFAULT_BUCKETS", "STORE_EMBEDDERS", "Embedder", "Embeddings", "EncoderEmbedder",
+    "MfccStatsEmbedder", "TargetsStatsEmbedder", "batch_pieces", "bucket_frames",
+    "cache_path", "clip_embeddings", "load_embedder", "pool",
 ]
