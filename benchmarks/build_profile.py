@@ -5,7 +5,8 @@ as a user's corpus would be: compressed, of many lengths, cut into clips of
 ``max_seconds``):
 
 1. **Stages, one process, one thread** (what a sequential build does, timed piece by
-   piece): planning (content hash and header of each file, on the client), decoding
+   piece, with the allocator settings of featurestore's workers unless
+   ``--glibc-defaults``): planning (content hash and header of each file, on the client), decoding
    (libsndfile + soxr to 16 kHz), each default target in registry order (the first target
    that needs the shared STFT pays for it), the cast to the storage dtype with the
    moments, what crossing from a Dask worker to the client costs a partition's result
@@ -43,6 +44,8 @@ from pathlib import Path
 
 import benchlib  # first: pins numeric libraries to one thread
 from benchlib import table
+
+from featurestore.build import WORKER_ENVIRON
 
 MUSIC_PACKAGES = {
     **benchlib.MUSIC_PACKAGES,
@@ -203,16 +206,19 @@ def children_cpu() -> Iterator[dict[str, float]]:
     out["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def end_to_end(folder: Path, processes: int, workdir: Path) -> dict[str, float]:
+def end_to_end(folder: Path, processes: int, workdir: Path, extra: list[str]
+               ) -> dict[str, float]:
     """One ``featurestore build`` in a fresh process: wall and whole-tree CPU seconds."""
     out = workdir / f"e2e-{processes}.h5"
     for stale in workdir.glob(f"e2e-{processes}.h5*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     cmd = [sys.executable, "-m", "featurestore", "build", str(folder), "-o", str(out),
-           "--processes", str(processes), "--quiet"]
+           "--processes", str(processes), "--quiet", *extra]
+    # as a user runs it: the allocator settings are the workers' own, not the client's
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_ENVIRON}
     with children_cpu() as cpu:
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         wall = time.perf_counter() - t0
     size = out.stat().st_size
     out.unlink()
@@ -230,12 +236,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="end-to-end builds of each kind (the fastest is reported)")
     parser.add_argument("--skip-stages", action="store_true", help="end to end only")
+    parser.add_argument("--quantize", action="store_true",
+                        help="end-to-end builds with --quantize (8-bit codes)")
     parser.add_argument("--skip-e2e", action="store_true", help="stages only")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="stages with glibc's allocator defaults instead of the settings "
+                             "featurestore gives its workers (WORKER_ENVIRON)")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="seconds to wait for other processes to go quiet before each run")
     parser.add_argument("--out", type=Path,
                         default=benchlib.CACHE / "build_profile.md", help="report file")
     args = parser.parse_args(argv)
+    if not args.glibc_defaults and any(os.environ.get(k) != v for k, v in WORKER_ENVIRON.items()):
+        # glibc reads these at start-up: run again as a worker process would be started
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **WORKER_ENVIRON})
 
     files, seconds = select_files(args.source, args.hours)
     hours = seconds / 3600
@@ -278,12 +292,14 @@ def main(argv: list[str] | None = None) -> None:
             for processes in (1, args.processes):
                 for _ in range(args.repeat):
                     benchlib.wait_until_quiet(args.quiet_wait)
-                    run = end_to_end(folder, processes, workdir)
+                    run = end_to_end(folder, processes, workdir,
+                                     ["--quantize"] if args.quantize else [])
                     print(f"  --processes {processes}: {run}", file=sys.stderr, flush=True)
                     if processes not in best or run["wall"] < best[processes]["wall"]:
                         best[processes] = run
             for processes, run in best.items():
-                rows.append([f"`featurestore build --processes {processes}`",
+                flag = " --quantize" if args.quantize else ""
+                rows.append([f"`featurestore build --processes {processes}{flag}`",
                              f"{run['wall']:.1f}", f"{seconds / run['wall']:,.0f}x",
                              f"{run['cpu']:.1f}", f"{run['cpu'] / hours:.0f}",
                              f"{best[1]['wall'] / run['wall']:.2f}x",

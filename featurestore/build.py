@@ -117,6 +117,15 @@ def output_files(output: Path, hours_per_file: float | None) -> list[Path]:
     return sorted(output.parent.glob(f"{output.stem}-[0-9][0-9][0-9]{output.suffix}"))
 
 
+WORKER_ENVIRON = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+"""glibc's allocator settings of extraction workers (the nanny sets them before a worker
+starts; docker/dask.yaml sets the same for clusters users start). Large numpy temporaries
+(a 10-minute clip's STFT is 250 MB) come from the heap and are reused from clip to clip
+instead of being mapped afresh and faulted in page by page: about 25 % less CPU per
+audio-hour (benchmarks/RESULTS.md); at most 1 GiB of freed memory is kept for reuse. Dask's
+own default, ``MALLOC_TRIM_THRESHOLD_=65536``, had the opposite effect: twice the CPU."""
+
+
 @contextlib.contextmanager
 def dask_executor(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
     """A ``concurrent.futures`` executor backed by Dask.
@@ -132,10 +141,7 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None) -> I
     import dask.config
     import distributed
 
-    # The nanny's MALLOC_TRIM_THRESHOLD_ turns off glibc's adaptive mmap threshold, which
-    # made each clip cost ~64% more CPU in page faults on large numpy temporaries.
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         if scheduler is not None:
             try:

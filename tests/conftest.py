@@ -192,14 +192,15 @@ class DaskCluster:
     def _popen(self, args: list[str], name: str) -> subprocess.Popen[Any]:
         log = open(self.workdir / f"{name}.log", "wb")  # closed in stop()
         self.logs.append(log)
-        # The nanny's default MALLOC_TRIM_THRESHOLD_ makes numpy-heavy tasks much slower
-        # (benchmarks/RESULTS.md: about 2x the CPU per clip for the default targets); unset
-        # it as featurestore's own local cluster does.
+        # The workers get featurestore's allocator settings, as its own local cluster's do
+        # (the nanny's default MALLOC_TRIM_THRESHOLD_ doubles the CPU per clip).
+        from featurestore.build import WORKER_ENVIRON
+
         config = self.workdir / "dask-config"
         config.mkdir(exist_ok=True)
         (config / "nanny.yaml").write_text(
             "distributed:\n  nanny:\n    pre-spawn-environ:\n"
-            "      MALLOC_TRIM_THRESHOLD_: null\n")
+            + "".join(f"      {k}: '{v}'\n" for k, v in WORKER_ENVIRON.items()))
         env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
         env["DASK_CONFIG"] = str(config)
         return subprocess.Popen(args, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,

@@ -268,7 +268,8 @@ def test_readme_documents_the_commands() -> None:
     for s in ["docker build -f docker/Dockerfile -t featurestore .",
               "docker build -f docker/Dockerfile.cuda -t featurestore:cuda .",
               "--gpus all", "docker compose -f docker/compose.yaml up", "--scale worker=",
-              "--scheduler tcp://scheduler:8786", "MALLOC_TRIM_THRESHOLD_"]:
+              "--scheduler tcp://scheduler:8786", "MALLOC_TRIM_THRESHOLD_",
+              "MALLOC_MMAP_MAX_"]:
         assert s in text, s
 
 
@@ -285,23 +286,25 @@ def _dask_config_in_child(path: Path) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def test_dask_yaml_unsets_malloc_trim_threshold() -> None:
-    """Loaded with dask.config on top of distributed's defaults, the file leaves
-    MALLOC_TRIM_THRESHOLD_ out of the nanny's pre-spawn environment (a None value is not
-    set: merely leaving the key out would keep the default) and one thread per process."""
+def test_dask_yaml_sets_featurestores_allocator_settings() -> None:
+    """Loaded with dask.config on top of distributed's defaults, the file gives the nanny's
+    pre-spawn environment featurestore's allocator settings (replacing Dask's
+    MALLOC_TRIM_THRESHOLD_=65536) and one thread per process."""
+    from featurestore.build import WORKER_ENVIRON
+
     environ = _dask_config_in_child(DASK_YAML)
-    assert environ.get("MALLOC_TRIM_THRESHOLD_", None) is None
+    assert {k: str(environ.get(k)) for k in WORKER_ENVIRON} == WORKER_ENVIRON
     assert {k: environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                         "OPENBLAS_NUM_THREADS")} == dict.fromkeys(
         ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), 1)
-    set_by_nanny = {k for k, v in environ.items() if v is not None}
-    assert "MALLOC_TRIM_THRESHOLD_" not in set_by_nanny
 
 
-def test_worker_started_with_dask_yaml_lacks_malloc_trim(tmp_path: Path) -> None:
+def test_worker_started_with_dask_yaml_has_the_allocator_settings(tmp_path: Path) -> None:
     """A real `dask worker` (nanny and worker process) started with docker/dask.yaml, as in
-    the image, has no MALLOC_TRIM_THRESHOLD_ and one OpenMP thread."""
+    the image, has featurestore's allocator settings and one OpenMP thread."""
     import distributed
+
+    from featurestore.build import WORKER_ENVIRON
 
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
     env["DASK_CONFIG"] = str(DASK_YAML)
@@ -333,8 +336,8 @@ def test_worker_started_with_dask_yaml_lacks_malloc_trim(tmp_path: Path) -> None
         address = json.loads(scheduler_file.read_text())["address"]
         with distributed.Client(address, timeout="30s") as client:
             client.wait_for_workers(1, timeout=90)
-            assert set(client.run(os.getenv, "MALLOC_TRIM_THRESHOLD_", "unset").values()) \
-                == {"unset"}
+            for name, value in WORKER_ENVIRON.items():
+                assert set(client.run(os.getenv, name, "unset").values()) == {value}
             assert set(client.run(os.getenv, "OMP_NUM_THREADS", "unset").values()) == {"1"}
     finally:
         for proc in reversed(procs):
