@@ -4,10 +4,11 @@
 segments as :class:`~featurestore.manifest.Piece` objects (one for a file up to
 ``max_seconds``), and it hashes each file's content (the shards' identity).
 :func:`extract_partition` is what a Dask worker runs: it decodes each piece's segment
-alone and computes every target. A partition's result holds everything the client writes
-into a shard: the stored (already cast) arrays, per-clip statistics and the error rows,
-so the client does no numeric work and needs no shared filesystem. Pure: reads the audio
-files and nothing else.
+alone and computes every target. A partition's result holds everything a shard holds: the
+stored (already cast or coded) arrays, per-clip statistics and the error rows, so that
+whoever writes the shard (the worker itself, or the client when the workers cannot see
+the output's folder; see :mod:`featurestore.build`) does no numeric work. Pure: reads the
+audio files and nothing else.
 """
 
 from __future__ import annotations
