@@ -143,6 +143,14 @@ def test_workers_are_local_for_pools_and_a_cluster_on_this_machine(
         assert module._workers_are_local(client.get_executor())
 
 
+def test_local_workers_get_the_allocator_settings() -> None:
+    module = importlib.import_module("featurestore.build")
+    with module.dask_executor(workers=1) as executor:
+        seen = executor._client.run(lambda: {k: os.environ.get(k)
+                                             for k in module.WORKER_ENVIRON})
+    assert list(seen.values()) == [module.WORKER_ENVIRON]
+
+
 def test_build_survives_losing_a_worker(slow_corpus: Path, local_slow_store: Path,
                                         tmp_path: Path) -> None:
     cluster = DaskCluster(tmp_path / "dask", n_workers=2)

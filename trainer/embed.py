@@ -753,7 +753,8 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
         if progress and full:
             embedder.encode(torch.zeros(min(batch_size, full), crop_frames * embedder.hop,
                                         device=device))
-    bar = tqdm(total=round(float(n_frames.sum()) / per_second, 1), disable=not progress,
+    # The exact total: rounded, the updates' sum could pass it (tqdm then warns).
+    bar = tqdm(total=float(n_frames.sum()) / per_second, disable=not progress,
                file=sys.stderr, unit="audio-s", unit_scale=True, smoothing=0.05,
                desc=f"embedding {Path(store.path).name}")
     rows: list[np.ndarray] = []
