@@ -424,14 +424,15 @@ def build(
         if quantize is None:  # as the store already is
             quantize = any(s.specs[n].dtype == CODE_DTYPE for n, s in stored.items())
         for name, store in stored.items():
-            now = stored_spec(REGISTRY[name], quantize) if name in requested else None
-            old = store.specs[name]
-            if now is not None and not (old.same_values(now) and old.dtype == now.dtype):
-                if old.same_values(now):
-                    raise FeatureStoreError(
-                        f"{store.path}: target {name!r} is stored as {old.dtype}, this build "
-                        f"would store {now.dtype} ({'with' if quantize else 'without'} "
-                        "--quantize); build as the store was, or rebuild it")
+            if name not in requested:
+                continue
+            old, now = store.specs[name], stored_spec(REGISTRY[name], quantize)
+            if old.same_values(now) and old.dtype != now.dtype:
+                raise FeatureStoreError(
+                    f"{store.path}: target {name!r} is stored as {old.dtype}, this build "
+                    f"would store {now.dtype} ({'with' if quantize else 'without'} "
+                    "--quantize); build as the store was, or rebuild it")
+            if not old.same_values(now):
                 raise FeatureStoreError(
                     f"{store.path}: target {name!r} was computed with other parameters (stored "
                     f"{json.dumps(old.params, sort_keys=True)}, deltas {old.deltas}, dtype "

@@ -254,7 +254,7 @@ def extract_piece(piece: Piece, config: ExtractConfig, *,
         if piece.segment > 0:
             return []
         raise
-    targets = resolve(list(config.targets))
+    targets = list(zip(resolve(list(config.targets)), config.specs(), strict=True))
     rows: list[tuple[int, ClipArrays]] = []
     segments = decode(clip.path, config.sample_rate, max_seconds=config.max_seconds,
                       first=piece.segment, count=None if piece.last else 1, info=info)
@@ -277,20 +277,23 @@ def extract_piece(piece: Piece, config: ExtractConfig, *,
 
 
 def _arrays(
-    clip: Clip, y: np.ndarray, sha1: str, targets: list[Target], config: ExtractConfig
+    clip: Clip, y: np.ndarray, sha1: str, targets: list[tuple[Target, TargetSpec]],
+    config: ExtractConfig,
 ) -> ClipArrays:
+    """Every target of one clip in the dtype its stored spec declares (8-bit codes with
+    their offsets and scales for ``CODE_DTYPE``), with the statistics of the values a reader
+    gets back."""
     decoded = DecodedClip(y, config.sample_rate, config.hop)
     stored: dict[str, np.ndarray] = {}
     stats: dict[str, Stats] = {}
     affine: dict[str, np.ndarray] = {}
-    for target in targets:
-        if config.quantize and target.rate == "frame":
-            stored[target.name], affine[target.name] = encode_codes(target(decoded))
-            stats[target.name] = Stats.of(decode_codes(stored[target.name],
-                                                       affine[target.name]))
+    for target, spec in targets:
+        if spec.dtype == CODE_DTYPE:
+            stored[spec.name], affine[spec.name] = encode_codes(target(decoded))
+            stats[spec.name] = Stats.of(decode_codes(stored[spec.name], affine[spec.name]))
         else:
-            stored[target.name] = to_storage(target(decoded), target.dtype)
-            stats[target.name] = Stats.of(stored[target.name])
+            stored[spec.name] = to_storage(target(decoded), spec.dtype)
+            stats[spec.name] = Stats.of(stored[spec.name])
     waveform = to_storage(y, "int16") if config.with_waveform else None
     return ClipArrays(clip, len(y), sha1, waveform, stored, stats, affine)
 

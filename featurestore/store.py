@@ -1553,6 +1553,14 @@ def _without_path(message: str, path: Path) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
+def _block_mismatches(x: np.ndarray, cs: Checksums) -> list[tuple[int, int]]:
+    """First and last row of each block of array ``x`` whose bytes differ from its
+    checksum."""
+    step = cs.block_rows
+    return [(a, min(a + step, len(x)) - 1) for k, a in enumerate(range(0, len(x), step))
+            if _digest(x[a : a + step]) != int(cs.digests[k])]
+
+
 def _verified_affine(s: Store, name: str, usable: Callable[[str, int], Checksums | None],
                      problems: list[str]) -> np.ndarray | None:
     """The offsets and scales of a target stored as codes, once checked (shape, dtype,
@@ -1566,12 +1574,8 @@ def _verified_affine(s: Store, name: str, usable: Callable[[str, int], Checksums
         problems.append(f"/affine/{name}: shape {a.shape} {a.dtype}, expected "
                         f"{(s.n_clips, 2, dim)} float32")
         return None
-    cs = usable(f"affine/{name}", len(a))
-    if cs is not None:
-        step = cs.block_rows
-        bad = [(k, min(k + step, len(a)) - 1) for k in range(0, len(a), step)
-               if _digest(a[k : k + step]) != int(cs.digests[k // step])]
-        problems += _mismatch_lines(s, f"affine/{name}", bad)
+    if (cs := usable(f"affine/{name}", len(a))) is not None:
+        problems += _mismatch_lines(s, f"affine/{name}", _block_mismatches(a, cs))
     values = np.asarray(a)
     if not (np.isfinite(values).all() and (values[:, 1] > 0).all()):
         problems.append(f"/affine/{name}: offsets and scales must be finite, scales positive")
@@ -1647,10 +1651,7 @@ def verify(path: str | os.PathLike[str], *, quick: bool = False,
         problems.append(f"waveform has {len(s.waveform)} samples, clips sum to "
                         f"{int(c['n_samples'].sum())}")
     if (cs := usable("waveform", len(s.waveform))) is not None:
-        w, step = s.waveform, cs.block_rows
-        bad = [(a, min(a + step, len(w)) - 1) for k, a in enumerate(range(0, len(w), step))
-               if _digest(w[a : a + step]) != int(cs.digests[k])]
-        problems += _mismatch_lines(s, "waveform", bad)
+        problems += _mismatch_lines(s, "waveform", _block_mismatches(s.waveform, cs))
     for name, x in s.targets.items():
         spec = s.specs[name]
         rows = s.n_clips if spec.rate == "clip" else s.n_frames

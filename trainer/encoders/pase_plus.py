@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -186,6 +187,20 @@ def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
     return scale, shift
 
 
+@dataclass(frozen=True, eq=False)
+class _FrontWeights:
+    """The folded matrices of :meth:`PasePlus._front_fast` (see
+    :meth:`PasePlus._front_weights`)."""
+
+    sinc: Tensor  # [Kp * P, P * F]: polyphase sinc bank, its batch norm folded in
+    sinc_bias: Tensor  # [P * F]
+    sinc_act: Tensor  # PReLU slopes
+    block0: dict[int, Tensor]  # frame offset d -> [n_d * F, C_0] slice of block 0's kernel
+    block0_bias: Tensor  # [C_0]
+    block0_act: Tensor
+    skip0: Tensor | None  # [F, dim], the first skip's projection (None without skips)
+
+
 class ConvBlock(nn.Sequential):
     """Centred strided ``Conv1d`` + ``BatchNorm1d`` + ``PReLU``.
 
@@ -304,7 +319,7 @@ class PasePlus(Encoder):
             main = 2 * rnn_hidden
         self.proj = nn.Conv1d(main, self.dim, 1)
         self.norm = nn.BatchNorm1d(self.dim, affine=False)
-        self._front_cache: tuple[tuple[object, ...], dict[str, Tensor]] | None = None
+        self._front_cache: tuple[tuple[object, ...], _FrontWeights] | None = None
 
     #: Whether eval mode on the CPU runs the sinc block and the first conv block as the
     #: matrix products of :meth:`_front_fast` (the same function, 1.5-2x faster). Not part
@@ -324,7 +339,7 @@ class PasePlus(Encoder):
         return [sinc.low, sinc.band, *(t for m in mods for t in (*m.parameters(),
                                                                  *m.buffers()))]
 
-    def _front_weights(self) -> dict[str, Tensor]:
+    def _front_weights(self) -> _FrontWeights:
         """The matrices of :meth:`_front_fast`, folded from the eval-mode layers.
 
         Batch norms (running statistics) are folded into the preceding linear maps; the
@@ -353,24 +368,22 @@ class PasePlus(Encoder):
             tap = p * d + q - r  # [Kp, P (input phase), P (output phase)]
             valid = (tap >= 0) & (tap < k)
             w = bank[:, tap.clamp(0, k - 1)] * valid  # [F, Kp, P, P]
-            out: dict[str, Tensor] = {
-                "sinc": w.permute(1, 2, 3, 0).reshape(kp * p, p * n_filters),
-                "sinc_bias": shift.repeat(p),
-                "sinc_act": act.weight,
-            }
             scale0, shift0 = _bn_affine(bn0)
             w0 = conv.weight * scale0[:, None, None]  # [C_0, F, k0]
             s0, k0 = conv.stride[0], conv.kernel_size[0]
             left = centred_padding(k0)[0]
+            block0 = {}
             for off in range(-((left + s0 - 1) // s0), (k0 - 1 - left) // s0 + 1):
                 t_lo = max(0, s0 * off + left)
                 t_hi = min(k0, s0 * (off + 1) + left)  # taps of frame offset ``off``
                 if t_lo < t_hi:
-                    out[f"block0_{off}"] = w0[:, :, t_lo:t_hi].permute(2, 1, 0).reshape(
-                        -1, w0.shape[0])
-            out["block0_bias"], out["block0_act"] = shift0, act0.weight
-            if self.skips:
-                out["skip0"] = self.skips[0].weight[:, :, 0].t()  # [F, dim]
+                    block0[off] = w0[:, :, t_lo:t_hi].permute(2, 1, 0).reshape(-1, w0.shape[0])
+            out = _FrontWeights(
+                sinc=w.permute(1, 2, 3, 0).reshape(kp * p, p * n_filters),
+                sinc_bias=shift.repeat(p), sinc_act=act.weight, block0=block0,
+                block0_bias=shift0, block0_act=act0.weight,
+                skip0=self.skips[0].weight[:, :, 0].t() if self.skips else None,  # [F, dim]
+            )
         if key is not None:
             self._front_cache = (key, out)
         return out
@@ -401,9 +414,9 @@ class PasePlus(Encoder):
         half = (k - 1) // 2
         xp = F.pad(wave, (half, p * (rows + kp - 1) - n - half))
         cols = xp.unfold(1, kp * p, p).reshape(b * rows, kp * p)
-        z = torch.addmm(w["sinc_bias"], cols, w["sinc"])  # [B * rows, P * F]
+        z = torch.addmm(w.sinc_bias, cols, w.sinc)  # [B * rows, P * F]
         n_filters = sinc.n_filters
-        z = F.prelu(z.view(-1, n_filters), w["sinc_act"].to(z.dtype)).view(b, n, n_filters)
+        z = F.prelu(z.view(-1, n_filters), w.sinc_act.to(z.dtype)).view(b, n, n_filters)
 
         conv = self.blocks[0][0]
         s0 = conv.stride[0]
@@ -412,14 +425,11 @@ class PasePlus(Encoder):
         # Rows are frames of s0 samples x F channels; 2-D slices of them are strided
         # matrices that the products read in place.
         frames = z.view(b * m, s0 * n_filters)
-        w00 = w["block0_0"]
-        h = torch.addmm(w["block0_bias"].to(z.dtype), frames[:, : w00.shape[0]], w00)
+        w00 = w.block0[0]
+        h = torch.addmm(w.block0_bias.to(z.dtype), frames[:, : w00.shape[0]], w00)
         h = h.view(b, m, -1)
-        for name, wd in w.items():
-            if not name.startswith("block0_") or name[7:] in ("0", "bias", "act"):
-                continue
-            off = int(name[7:])  # output frame j reads frame j + off ...
-            if abs(off) >= m:
+        for off, wd in w.block0.items():  # output frame j reads frame j + off ...
+            if off == 0 or abs(off) >= m:
                 continue
             r_a = max(0, -(s0 * off + left))  # ... from its phase r_a (tap s0*off + r + left)
             part = torch.mm(frames[:, r_a * n_filters : r_a * n_filters + wd.shape[0]], wd)
@@ -428,11 +438,11 @@ class PasePlus(Encoder):
                 h[:, -off:] += part[:, : m + off]
             else:
                 h[:, : m - off] += part[:, off:]
-        h = F.prelu(h.reshape(-1, h.shape[-1]), w["block0_act"].to(h.dtype)).view(b, m, -1)
+        h = F.prelu(h.reshape(-1, h.shape[-1]), w.block0_act.to(h.dtype)).view(b, m, -1)
         h = h.transpose(1, 2)
 
         skip = None
-        if self.skips:
+        if w.skip0 is not None:
             hop = HOP
             t = n // hop
             hh = hop // 2
@@ -441,7 +451,7 @@ class PasePlus(Encoder):
             total[:, 1:] += halves[:, 1 : 2 * t - 1 : 2]
             count = torch.full((t, 1), 2.0 * hh + 1, device=wave.device)
             count[0] = hh + 1
-            skip = torch.matmul((total / count).to(z.dtype), w["skip0"]).transpose(1, 2)
+            skip = torch.matmul((total / count).to(z.dtype), w.skip0).transpose(1, 2)
         return h, skip
 
     def encode(self, wave: Tensor) -> Tensor:
