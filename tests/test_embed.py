@@ -305,6 +305,7 @@ def test_bad_arguments(stores: dict[str, Path]) -> None:
         load_embedder("runs/none/encoder.pt")
 
 
+@pytest.mark.filterwarnings("error::tqdm.TqdmWarning")  # never past its total
 def test_progress_counts_audio_seconds_as_batches_are_encoded(
         stores: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     store = featurestore.open_store(stores["mfcc"])

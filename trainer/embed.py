@@ -753,20 +753,21 @@ def _compute(embedder: Embedder, store: Store, pooling: str, device: torch.devic
         if progress and full:
             embedder.encode(torch.zeros(min(batch_size, full), crop_frames * embedder.hop,
                                         device=device))
-    # The exact total: rounded, the updates' sum could pass it (tqdm then warns).
-    bar = tqdm(total=float(n_frames.sum()) / per_second, disable=not progress,
-               file=sys.stderr, unit="audio-s", unit_scale=True, smoothing=0.05,
+    # Counted in whole frames and shown in seconds (unit_scale): float seconds added up
+    # could pass the total by a rounding error, and tqdm then warns.
+    bar = tqdm(total=int(n_frames.sum()), disable=not progress, file=sys.stderr,
+               unit="audio-s", unit_scale=1 / per_second, smoothing=0.05,
                desc=f"embedding {Path(store.path).name}")
     rows: list[np.ndarray] = []
     try:
         if isinstance(embedder, EncoderEmbedder):
             for _, frames in _encoder_batches(embedder, store, crop_frames, batch_size, device,
-                                              lambda f: bar.update(f / per_second)):
+                                              bar.update):
                 rows.append(pool(frames, pooling))
         else:
             for i in range(store.n_clips):
                 rows.append(embedder.pooled(store, i, pooling, device))
-                bar.update(int(n_frames[i]) / per_second)
+                bar.update(int(n_frames[i]))
     finally:
         bar.close()
     if not rows:
