@@ -17,8 +17,10 @@ plus the waveform is read by ``trainer.data.CropDataset`` at the training shape 
 - (d) ``Prefetcher``: its background thread feeds a consumer that does nothing;
   delivered batches per second (CPU of both threads).
 - (e) what a CUDA run pays on the CPU: the gather plus the copy into host staging
-  buffers that ``to_batch(pin=True)``'s ``pin_memory()`` makes (ordinary reused buffers
-  here: no GPU), against a sliced gather written straight into the staging buffers.
+  buffers that the former ``to_batch(pin=True)``'s ``pin_memory()`` made, against
+  ``gather(out=)`` straight into a ``trainer.data.StagingRing``'s buffers, which a CUDA
+  run now uses (ordinary memory here without a GPU: pinning changes the copy to the
+  device, not this CPU work).
 
 Every figure is given per wall second and per CPU second (``time.process_time`` of this
 process; one thread, so CPU seconds are core-seconds): on a shared machine the CPU
@@ -241,55 +243,6 @@ def windowed_gather(data: Any, clips: np.ndarray, starts: np.ndarray) -> dict[st
     return out
 
 
-class Staging:
-    """Reused host buffers, one per array, as a pinned-memory ring would hold them (here
-    ordinary memory: this machine has no GPU; ``pin_memory()``'s CPU work is the copy)."""
-
-    def __init__(self, raw: dict[str, np.ndarray]) -> None:
-        import torch
-
-        self.tensors = {k: torch.empty(v.shape, dtype=_torch_dtype(v.dtype))
-                        for k, v in raw.items()}
-        self.arrays = {k: t.numpy() for k, t in self.tensors.items()}
-
-    def copy_in(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
-        """What ``to_batch(pin=True)`` does on the CPU: copy each array into staging."""
-        import torch
-
-        for k, v in raw.items():
-            self.tensors[k].copy_(torch.from_numpy(v))
-        return self.tensors
-
-
-def _torch_dtype(dtype: np.dtype) -> Any:
-    import torch
-
-    return {np.dtype(np.int16): torch.int16, np.dtype(np.float16): torch.float16}[
-        np.dtype(dtype)]
-
-
-def sliced_gather_into(data: Any, clips: np.ndarray, starts: np.ndarray,
-                       out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The same bytes as ``CropDataset.gather`` written straight into staging buffers
-    (one store file): per array, one ``np.concatenate(..., out=)`` of the crops' slices,
-    i.e. one block copy per crop, no index array, no intermediate batch array."""
-    T, hop = data.crop_frames, data.hop
-    s = data.stores[0]
-    local = data.clip_local[clips]
-    frame0 = (s.clips["frame_offset"][local] + starts).tolist()
-    sample0 = (s.clips["sample_offset"][local] + starts * hop).tolist()
-    for name, x in data._arrays[0].items():
-        if name == "waveform":
-            n = T * hop
-            np.concatenate([x[a:a + n] for a in sample0], out=out[name].reshape(-1))
-        elif data.specs[name].rate == "frame":
-            np.concatenate([x[f:f + T] for f in frame0],
-                           out=out[name].reshape(-1, x.shape[1]))
-        else:
-            np.take(x, local, axis=0, out=out[name])
-    return out
-
-
 def to_batch_inplace(data: Any, raw: dict[str, Any], clips: np.ndarray) -> Any:
     """``CropDataset.to_batch`` on the CPU with one float32 buffer per array: the
     conversion writes it, then subtract and divide happen in place (no temporaries)."""
@@ -326,7 +279,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from featurestore.targets import resolve
-    from trainer.data import CropDataset, Prefetcher
+    from trainer.data import CropDataset, Prefetcher, StagingRing
 
     store = ensure_store(args.minutes, args.files, args.rebuild)
     names = [t.name for t in resolve("default")]
@@ -351,7 +304,7 @@ def main() -> None:
     raw = data.gather(*draws(0, 1)[0])
     raw_bytes = sum(v.nbytes for v in raw.values())
     wave_bytes = raw["waveform"].nbytes
-    out_bytes = sum(v.numel() * 4 for v in data.to_batch(raw, draws(0, 1)[0][0], False)
+    out_bytes = sum(v.numel() * 4 for v in data.to_batch(raw, draws(0, 1)[0][0])
                     .targets.values()) + raw["waveform"].size * 4
     lines.append(
         f"Batch: {B} crops x {T} frames ({audio_seconds:g} audio-seconds): "
@@ -359,11 +312,17 @@ def main() -> None:
         f"{out_bytes / 1e6:.1f} MB as float32")
     win = windowed_gather(data, *draws(0, 1)[0])
     same = all(np.array_equal(win[k], raw[k]) for k in raw)
-    staging = Staging(raw)
-    win = sliced_gather_into(data, *draws(0, 1)[0], staging.arrays)
-    same_into = all(np.array_equal(win[k], raw[k]) for k in raw)
+    ring = StagingRing(data.raw_layout(B), data.device, slots=1)
+    staged = ring.take()
+    arrays = {k: v.numpy() for k, v in staged.items()}
+    data.gather(*draws(0, 1)[0], out=arrays)
+    same_into = all(np.array_equal(arrays[k], raw[k]) for k in raw)
     lines.append(f"Windowed gather returns the same arrays as CropDataset.gather: {same}; "
-                 f"sliced into staging buffers: {same_into}")
+                 f"gather(out=) into a StagingRing's buffers: {same_into}")
+
+    def copy_in(got: dict[str, np.ndarray]) -> None:
+        for k, v in got.items():
+            staged[k].copy_(torch.from_numpy(v))
 
     n, reps = args.batches, args.repeat
     results: dict[str, Runs] = {}
@@ -391,7 +350,7 @@ def main() -> None:
             r = d.gather(clips, starts)
             if inplace:
                 return lambda s: to_batch_inplace(d, r, clips)
-            return lambda s: d.to_batch(r, clips, False)
+            return lambda s: d.to_batch(r, clips)
         return make
 
     def prefetch(name: str, d: CropDataset, depth: int) -> None:
@@ -431,12 +390,13 @@ def main() -> None:
         ("(b') to_batch, in place",
          lambda name: measure(name, to_batch_of(data, True), raw_bytes)),
         ("(d) Prefetcher [memmap], delivered", lambda name: prefetch(name, data, 4)),
-        ("(e) gather + copy into staging (pin_memory's CPU work)",
-         lambda name: measure(name, pre_drawn(lambda c, s: staging.copy_in(data.gather(c, s))),
+        ("(e) gather + copy into staging (the former to_batch(pin=True): pin_memory's "
+         "CPU work)",
+         lambda name: measure(name, pre_drawn(lambda c, s: copy_in(data.gather(c, s))),
                               raw_bytes)),
-        ("(e') sliced gather into staging (concatenate out=)",
-         lambda name: measure(name, pre_drawn(
-             lambda c, s: sliced_gather_into(data, c, s, staging.arrays)), raw_bytes)),
+        ("(e') gather(out=) into a StagingRing's buffers (what a CUDA run does now)",
+         lambda name: measure(name, pre_drawn(lambda c, s: data.gather(c, s, out=arrays)),
+                              raw_bytes)),
     ]
     if not args.no_ram:
         t0 = time.perf_counter()

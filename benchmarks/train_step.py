@@ -13,14 +13,14 @@ left out of every figure. On CUDA, goal: data-wait under 5 % with ``cache=none``
 ``cache=none`` within 10 % of ``cache=device`` in steps/s.
 
     python benchmarks/train_step.py --store stores/dev/pool.h5                  # CUDA, 128 x 2 s
-    python benchmarks/train_step.py --store S --device cpu --batch 8 --crop 1 --steps 12 --warmup 4
+    python benchmarks/train_step.py --store S --device cpu --batch 8 --crop 1 \\
+        --steps 12 --warmup 4 --log-every 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +41,7 @@ def measure(store: str, encoder: str, cache: str, args: argparse.Namespace,
         cfg = PretrainConfig(
             store=[store], out=tmp, encoder=encoder, encoder_kwargs=encoder_kwargs,
             batch_size=args.batch, crop_seconds=args.crop, steps=args.warmup + args.steps,
-            warmup_steps=1, log_every=1, eval_every=10**9, save_every=10**9,
+            warmup_steps=1, log_every=args.log_every, eval_every=10**9, save_every=10**9,
             diagnostics=False, device=args.device, cache=cache, compile=args.compile,
             distort=not args.no_distort, seed=0,
         )
@@ -52,12 +52,16 @@ def measure(store: str, encoder: str, cache: str, args: argparse.Namespace,
         pretrain(cfg, progress=False)
         wall = time.perf_counter() - t0
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    # Log rows are the loop's only host reads: one every --log-every steps, as in a real
+    # run. Each row covers the window since the previous one.
     rows = [r for r in rows if r["kind"] == "train" and r["step"] > args.warmup]
-    steps_per_s = statistics.median(r["steps_per_s"] for r in rows)
+    seconds = [args.log_every / r["steps_per_s"] for r in rows]
+    steps_per_s = len(rows) * args.log_every / sum(seconds)
     return {
         "steps_per_s": steps_per_s,
         "audio_s_per_s": steps_per_s * args.batch * args.crop,
-        "data_wait": statistics.mean(r["data_wait"] for r in rows),
+        "data_wait": sum(r["data_wait"] * t for r, t in zip(rows, seconds, strict=True))
+        / sum(seconds),
         "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "wall_s": wall,
     }
@@ -72,11 +76,16 @@ def main() -> None:
     parser.add_argument("--crop", type=float, default=2.0, help="Crop length in seconds.")
     parser.add_argument("--steps", type=int, default=100, help="Measured steps per run.")
     parser.add_argument("--warmup", type=int, default=20, help="Steps left out first.")
+    parser.add_argument("--log-every", type=int, default=10,
+                        help="Steps between log rows, the loop's only host reads; --steps "
+                             "and --warmup must be multiples of it.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model.")
     parser.add_argument("--no-distort", action="store_true")
     parser.add_argument("--preset-sizes", action="store_true",
                         help="melcnn at the gpu preset's size (its encoder_kwargs).")
     args = parser.parse_args()
+    if args.steps % args.log_every or args.warmup % args.log_every or not args.steps:
+        parser.error("--steps and --warmup must be multiples of --log-every (steps > 0)")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"# {name}, torch {torch.__version__}, batch {args.batch} x {args.crop:g} s, "

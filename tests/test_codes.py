@@ -14,7 +14,7 @@ from conftest import Corpus
 
 from featurestore import FeatureStoreError, build, open_store, verify
 from featurestore.store import CODE_DTYPE, decode_codes, encode_codes
-from trainer.data import CropDataset
+from trainer.data import CropDataset, StagingRing
 
 TARGETS = "mfcc,chroma,onset,tempo"  # three frame-rate targets and a clip-rate one
 
@@ -171,3 +171,13 @@ def test_batches_of_a_quantised_store_match_the_float16_ones(stores: tuple[Path,
         error = step[:, None] / 2 + raw.abs() * 2**-11 + offset[:, None].abs() * 2**-21
         bound = error / plain.std[name] + 1e-4
         assert (b.targets[name] - a.targets[name]).abs().le(bound).all(), name
+
+
+def test_a_quantised_store_gathers_into_staging_buffers_as_it_indexes(
+        stores: tuple[Path, Path]) -> None:
+    coded = CropDataset(stores[1], ["mfcc", "chroma"], crop_frames=50)
+    ring = StagingRing(coded.raw_layout(6), coded.device, slots=1)
+    assert coded.raw_layout(6)["mfcc/affine"] == ((6, 2, 60), np.dtype(np.float32))
+    a, b = coded.batch(4, 1, 6), coded.batch(4, 1, 6, ring=ring)
+    for name in ("mfcc", "chroma"):
+        torch.testing.assert_close(b.targets[name], a.targets[name], rtol=0, atol=0)

@@ -10,7 +10,7 @@ import torch
 from stores import build_store, tone_corpus
 
 import featurestore
-from trainer.data import CropDataset, DataError, Prefetcher
+from trainer.data import CropDataset, DataError, Prefetcher, StagingRing
 
 TARGETS = "mfcc,chroma,onset,tempo"
 
@@ -56,7 +56,7 @@ def test_batches_are_normalised_with_the_store_statistics(store: Path) -> None:
     s = featurestore.open_store(store)
     rng = np.random.default_rng(3)
     clips, starts = data.draw(rng, 8)
-    batch = data.to_batch(data.gather(clips, starts), clips, pin=False)
+    batch = data.to_batch(data.gather(clips, starts), clips)
     raw = data.gather(clips, starts)
     expect = (raw["mfcc"].astype(np.float32) - s.stats["mfcc"].mean) / s.stats["mfcc"].std
     np.testing.assert_allclose(batch.targets["mfcc"].numpy(), expect, rtol=1e-5, atol=1e-5)
@@ -118,12 +118,54 @@ def test_caches_serve_the_same_batches_as_the_memory_maps(store: Path, cache: st
 def test_prefetcher_delivers_the_batches_in_step_order(store: Path) -> None:
     data = CropDataset(store, ["chroma"], crop_frames=20)
     feeder = Prefetcher(data, seed=9, start_step=5, batch_size=4, depth=2)
-    try:
-        for step in range(5, 9):
-            assert torch.equal(feeder.get(step).wave, data.batch(9, step, 4).wave)
+    try:  # 8 batches kept through a ring of 4 buffers: none is overwritten by a later one
+        got = [feeder.get(step) for step in range(5, 13)]
     finally:
         feeder.close()
+    for step, b in zip(range(5, 13), got, strict=True):
+        expect = data.batch(9, step, 4)
+        assert torch.equal(b.wave, expect.wave)
+        assert torch.equal(b.targets["chroma"], expect.targets["chroma"])
     assert feeder.wait_seconds >= 0.0
+
+
+def test_gathering_into_buffers_gives_the_bytes_of_the_fancy_index(
+        two_stores: list[Path]) -> None:
+    data = CropDataset([str(p) for p in two_stores], ["mfcc", "chroma", "tempo"],
+                       crop_frames=60)
+    clips, starts = data.draw(np.random.default_rng(5), 24)
+    assert set(data.clip_store[clips]) == {0, 1}
+    layout = data.raw_layout(24)
+    out = {name: np.full(shape, 7, dtype=dtype) for name, (shape, dtype) in layout.items()}
+    filled = data.gather(clips, starts, out=out)
+    assert filled is out
+    expect = data.gather(clips, starts)
+    assert set(expect) == set(out) == {"waveform", "mfcc", "chroma", "tempo"}
+    for name, x in expect.items():
+        assert (x.shape, x.dtype) == layout[name], name
+        np.testing.assert_array_equal(out[name], x, err_msg=name)
+
+
+def test_a_staging_ring_hands_out_its_buffers_in_turn(store: Path) -> None:
+    data = CropDataset(store, ["mfcc", "tempo"], crop_frames=30)
+    ring = StagingRing(data.raw_layout(6), data.device, slots=2)
+    seen = []
+    for _ in range(4):
+        buffers = ring.take()
+        seen.append(buffers["waveform"].data_ptr())
+        ring.queued()
+        assert buffers["mfcc"].shape == (6, 30, 60) and buffers["mfcc"].dtype == torch.float16
+    assert seen[0] == seen[2] != seen[1] == seen[3]
+    a = data.batch(2, 11, 6, ring=ring)
+    b = data.batch(2, 12, 6, ring=ring)
+    c = data.batch(2, 13, 6, ring=ring)  # reuses a's buffers: a must not change
+    for step, got in zip((11, 12, 13), (a, b, c), strict=True):
+        expect = data.batch(2, step, 6)
+        assert torch.equal(got.wave, expect.wave)
+        assert torch.equal(got.targets["mfcc"], expect.targets["mfcc"])
+        assert torch.equal(got.targets["tempo"], expect.targets["tempo"])
+    with pytest.raises(ValueError, match="slots must be >= 1"):
+        StagingRing(data.raw_layout(6), data.device, slots=0)
 
 
 def test_a_missing_target_names_the_store_and_what_it_has(store: Path) -> None:

@@ -231,12 +231,31 @@ class CropDataset:
         order = np.lexsort((starts[:, 0], units))
         return np.repeat(units[order], per_unit), starts[order].reshape(-1)
 
-    def gather(self, clips: np.ndarray, starts: np.ndarray) -> dict[str, Any]:
+    def gather(self, clips: np.ndarray, starts: np.ndarray,
+               out: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Raw arrays of the given crops in their storage dtypes (numpy, or tensors on the
         device with ``cache="device"``); ``clips`` must be sorted (as :meth:`draw` makes
-        them), so that each store file serves one contiguous run of the batch."""
+        them), so that each store file serves one contiguous run of the batch.
+
+        Parameters
+        ----------
+        clips, starts : np.ndarray, shape (B,), int64
+            As :meth:`draw` returns them.
+        out : dict of str to np.ndarray, optional
+            Arrays of :meth:`raw_layout` for ``B`` crops to write the crops into (a
+            staging ring's buffers: no batch array is allocated); not with
+            ``cache="device"``.
+
+        Returns
+        -------
+        dict of str to array
+            ``waveform`` (B, T * hop), frame-rate targets (B, T, dim), clip-rate targets
+            (B, dim) and coded targets' offsets and scales (B, 2, dim); ``out`` when given.
+        """
         T, hop = self.crop_frames, self.hop
         on_device = isinstance(self._arrays[0]["waveform"], torch.Tensor)
+        if out is not None and on_device:
+            raise ValueError("gather(out=...) needs arrays held on the host, not cache='device'")
         pieces: dict[str, list[Any]] = {n: [] for n in self._arrays[0]}
         for k, s in enumerate(self.stores):
             rows = self.clip_store[clips] == k
@@ -248,28 +267,57 @@ class CropDataset:
                 "sample": s.clips["sample_offset"][local] + starts[rows] * hop,
                 "clip": local,
             }
+            run = slice(int(np.argmax(rows)), int(np.argmax(rows)) + int(rows.sum()))
             for name, x in self._arrays[k].items():
-                rate = "sample" if name == "waveform" else (
-                    "clip" if name.endswith(_AFFINE) else self.specs[name].rate)
+                rate = self._rate(name)
                 idx = first[rate]
+                if out is not None:  # one block copy per crop into the caller's buffer
+                    dst = out[name][run]
+                    if rate == "clip":
+                        np.take(x, idx, axis=0, out=dst)
+                    else:
+                        n = T * hop if rate == "sample" else T
+                        np.concatenate([x[a : a + n] for a in idx.tolist()],
+                                       out=dst.reshape(-1, *x.shape[1:]))
+                    continue
                 if rate != "clip":  # one index per crop into a view of every crop window
                     x = _windows(x, T * hop if rate == "sample" else T)
                 pieces[name].append(x[torch.from_numpy(idx).to(self.device)] if on_device
                                     else x[idx])
+        if out is not None:
+            return out
         join = torch.cat if on_device else np.concatenate
         return {n: p[0] if len(p) == 1 else join(p) for n, p in pieces.items()}
 
-    def to_batch(self, raw: dict[str, Any], clips: np.ndarray, pin: bool) -> Batch:
-        """Move raw arrays to the device (pinned, asynchronous) and normalise there."""
+    def _rate(self, name: str) -> str:
+        """``sample`` (the waveform), ``frame`` or ``clip``: what one crop's rows of a held
+        array are indexed by."""
+        if name == "waveform":
+            return "sample"
+        return "clip" if name.endswith(_AFFINE) else self.specs[name].rate
+
+    def raw_layout(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and storage dtype of each raw array :meth:`gather` returns for
+        ``batch_size`` crops."""
+        T, hop = self.crop_frames, self.hop
+        rows = {"sample": (T * hop,), "frame": (T,), "clip": ()}
+        return {name: ((batch_size, *rows[self._rate(name)], *x.shape[1:]),
+                       np.dtype(str(x.dtype).removeprefix("torch.")))
+                for name, x in self._arrays[0].items()}
+
+    def to_batch(self, raw: dict[str, Any], clips: np.ndarray) -> Batch:
+        """Move raw arrays to the device (asynchronously from pinned memory, as a
+        :class:`StagingRing` holds it) and normalise there."""
         def move(x: Any) -> torch.Tensor:
             t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-            if pin and t.device.type == "cpu":
-                t = t.pin_memory()
             return t.to(self.device, non_blocking=True)
 
         def fresh_float(x: Any) -> torch.Tensor:  # a float32 tensor safe to modify in place
-            t = move(x)
-            return t.float() if t.dtype != torch.float32 else t.clone()
+            src = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+            t = move(src)
+            if t.dtype != torch.float32:
+                return t.float()
+            return t.clone() if t.data_ptr() == src.data_ptr() else t
 
         wave = fresh_float(raw["waveform"]).div_(PCM_SCALE)
         targets = {}
@@ -283,11 +331,69 @@ class CropDataset:
         return Batch(wave, targets, torch.from_numpy(clips).to(self.device))
 
     def batch(self, seed: int, step: int, batch_size: int, rank: int = 0,
-              pin: bool = False) -> Batch:
-        """Batch number ``step`` (a pure function of ``seed, step, rank``)."""
+              ring: StagingRing | None = None) -> Batch:
+        """Batch number ``step`` (a pure function of ``seed, step, rank``), gathered into
+        the next buffers of ``ring`` when one is given."""
         rng = np.random.default_rng([seed, step, rank])
         clips, starts = self.draw(rng, batch_size)
-        return self.to_batch(self.gather(clips, starts), clips, pin)
+        if ring is None:
+            return self.to_batch(self.gather(clips, starts), clips)
+        buffers = ring.take()
+        self.gather(clips, starts, out={k: v.numpy() for k, v in buffers.items()})
+        batch = self.to_batch(buffers, clips)
+        ring.queued()
+        return batch
+
+
+class StagingRing:
+    """Host buffers that batches are gathered into and copied to the device from, reused
+    in turn: no batch array is allocated, and on CUDA the buffers are pinned, so that the
+    copies are asynchronous (DMA) and overlap the training step.
+
+    A buffer is written again only after the copies queued from it have finished (a CUDA
+    event recorded after them), so a ring of any size is safe; ``slots`` larger than the
+    batches in flight means the producer never waits.
+
+    Parameters
+    ----------
+    layout : dict
+        :meth:`CropDataset.raw_layout` of the batch size.
+    device : torch.device
+        Where batches go; CUDA pins the buffers and records events.
+    slots : int
+        Buffers in the ring.
+    """
+
+    def __init__(self, layout: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 device: torch.device, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.cuda = device.type == "cuda"
+        self.buffers = [
+            {name: torch.from_numpy(np.empty(shape, dtype=dtype)).pin_memory() if self.cuda
+             else torch.from_numpy(np.empty(shape, dtype=dtype))
+             for name, (shape, dtype) in layout.items()}
+            for _ in range(slots)
+        ]
+        self._copied: list[Any] = [None] * slots  # CUDA events, one per slot
+        self._next = 0
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The next slot's buffers, once the copies last queued from them have finished."""
+        k = self._next
+        if self._copied[k] is not None:
+            self._copied[k].synchronize()
+        return self.buffers[k]
+
+    def queued(self) -> None:
+        """Mark the slot last taken as copied from: its copies have been queued on the
+        current stream."""
+        k = self._next
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record()
+            self._copied[k] = event
+        self._next = (k + 1) % len(self.buffers)
 
 
 _AFFINE = "/affine"
@@ -313,30 +419,47 @@ def _windows(x: Any, n: int) -> Any:
 class Prefetcher:
     """Keeps ``depth`` batches ready in a background thread and measures data-wait.
 
-    numpy's fancy indexing and the memory-map reads release the GIL, so the gather overlaps
-    the training step. ``wait_seconds`` accumulates the time the training loop spent
-    blocked on data.
+    numpy's slicing and the memory-map reads release the GIL, so the gather overlaps the
+    training step. Batches are gathered into a :class:`StagingRing` of ``depth + 2``
+    buffers (pinned on CUDA). On CUDA the thread queues the copies and the normalisation on
+    a stream of its own, so that they overlap the step's kernels; :meth:`get` makes the
+    training stream wait for them. ``wait_seconds`` accumulates the time the training loop
+    spent blocked on data.
     """
 
     def __init__(self, data: CropDataset, *, seed: int, start_step: int, batch_size: int,
                  rank: int = 0, depth: int = 4) -> None:
         self.data, self.seed, self.batch_size, self.rank = data, seed, batch_size, rank
-        self.pin = data.device.type == "cuda"
-        self._queue: queue.Queue[tuple[int, Batch] | BaseException] = queue.Queue(depth)
+        self._queue: queue.Queue[tuple[int, Batch, Any] | BaseException] = queue.Queue(depth)
         self._next = start_step
         self._stop = threading.Event()
         self.wait_seconds = 0.0
+        held_on_host = not isinstance(data._arrays[0]["waveform"], torch.Tensor)
+        self._ring = StagingRing(data.raw_layout(batch_size), data.device, depth + 2) \
+            if held_on_host else None
+        cuda = data.device.type == "cuda"
+        self._stream = torch.cuda.Stream(data.device) if cuda else None
         self._thread = threading.Thread(target=self._work, daemon=True)
         self._thread.start()
+
+    def _make(self, step: int) -> tuple[Batch, Any]:
+        """Batch ``step`` and, on CUDA, the event that marks it ready on the device."""
+        if self._stream is None:
+            return self.data.batch(self.seed, step, self.batch_size, self.rank, self._ring), None
+        with torch.cuda.stream(self._stream):
+            b = self.data.batch(self.seed, step, self.batch_size, self.rank, self._ring)
+            ready = torch.cuda.Event()
+            ready.record()
+        return b, ready
 
     def _work(self) -> None:
         step = self._next
         try:
             while not self._stop.is_set():
-                b = self.data.batch(self.seed, step, self.batch_size, self.rank, self.pin)
+                b, ready = self._make(step)
                 while not self._stop.is_set():
                     try:
-                        self._queue.put((step, b), timeout=0.1)
+                        self._queue.put((step, b, ready), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -351,9 +474,14 @@ class Prefetcher:
         self.wait_seconds += time.perf_counter() - t0
         if isinstance(item, BaseException):
             raise item
-        got, b = item
+        got, b, ready = item
         if got != step:
             raise RuntimeError(f"prefetcher out of order: expected step {step}, got {got}")
+        if ready is not None:  # made on the prefetch stream, used on this one
+            stream = torch.cuda.current_stream(self.data.device)
+            stream.wait_event(ready)
+            for t in (b.wave, b.clip, *b.targets.values()):
+                t.record_stream(stream)
         return b
 
     def close(self) -> None:
