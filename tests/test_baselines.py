@@ -194,7 +194,7 @@ def test_grouped_folds_where_test_lacks_the_train_majority() -> None:
     plan = plan_probe(labels, None, groups, config)
     counts = [(np.bincount(plan.target[tr], minlength=3).tolist(),
                np.bincount(plan.target[te], minlength=3).tolist())
-              for tr, _, te in plan.parts]
+              for tr, _, te in plan.parts[0]]
     assert counts == [([4, 3, 2], [4, 1, 1]), ([4, 3, 2], [4, 1, 1]), ([8, 1, 2], [0, 2, 2])]
     X = np.random.default_rng(0).normal(size=(len(labels), 3))
     result = run_probe(X, labels, None, groups, config)
@@ -205,7 +205,7 @@ def test_grouped_folds_where_test_lacks_the_train_majority() -> None:
     majority = [4 / 6, 4 / 6, 0 / 4]
     assert result.chance["accuracy"] == pytest.approx(np.mean(chance), abs=1e-12)
     assert result.majority["accuracy"] == pytest.approx(np.mean(majority), abs=1e-12)
-    for (train, _, test), want in zip(plan.parts, chance, strict=True):
+    for (train, _, test), want in zip(plan.parts[0], chance, strict=True):
         prior = np.bincount(plan.target[train], minlength=3) / len(train)
         got = chance_classification(prior, plan.target[test])
         assert got["accuracy"] == pytest.approx(want, abs=1e-15)

@@ -127,16 +127,42 @@ def test_valid_set_carved_from_train_when_missing() -> None:
 
 def test_kfold_plan_is_stratified_and_grouped() -> None:
     _, labels, _, groups = clusters(n=300, separation=8.0, seed=4)
-    plan = plan_probe(labels, None, groups, ProbeConfig(folds=3))
-    assert len(plan.parts) == 3
-    tested = np.sort(np.concatenate([test for _, _, test in plan.parts]))
+    plan = plan_probe(labels, None, groups, ProbeConfig(folds=3, seeds=1))
+    assert len(plan.parts) == 1 and len(plan.parts[0]) == 3
+    tested = np.sort(np.concatenate([test for _, _, test in plan.parts[0]]))
     assert tested.tolist() == list(range(300))
-    for train, valid, test in plan.parts:
+    for train, valid, test in plan.parts[0]:
         assert sorted(np.concatenate([train, valid, test]).tolist()) == list(range(300))
         for a, b in ((train, test), (train, valid), (valid, test)):
             assert not {groups[i] for i in a} & {groups[i] for i in b}
         for part in (train, test):
             assert set(plan.target[part].tolist()) == {0, 1, 2, 3}
+
+
+def test_each_seed_of_a_kfold_probe_draws_its_own_fold_assignment() -> None:
+    _, labels, _, groups = clusters(n=300, separation=8.0, seed=4)
+    plan = plan_probe(labels, None, groups, ProbeConfig(folds=3, seeds=3, split_seed=5))
+    assert len(plan.parts) == 3
+    test_sets = []
+    for folds in plan.parts:  # every seed: a whole cross-validation, each clip tested once
+        tested = np.sort(np.concatenate([test for _, _, test in folds]))
+        assert tested.tolist() == list(range(300))
+        test_sets.append({frozenset(groups[i] for i in test) for _, _, test in folds})
+    assert test_sets[0] != test_sets[1] != test_sets[2] != test_sets[0]
+    # seed s is the assignment of split_seed + s: a probe with one seed from split_seed 6
+    # tests on seed 1's folds
+    shifted = plan_probe(labels, None, groups, ProbeConfig(folds=3, seeds=1, split_seed=6))
+    for (a, b, c), (x, y, z) in zip(plan.parts[1], shifted.parts[0], strict=True):
+        assert np.array_equal(a, x) and np.array_equal(b, y) and np.array_equal(c, z)
+
+
+def test_the_store_splits_are_the_same_for_every_seed() -> None:
+    _, labels, splits, groups = clusters(separation=8.0)
+    plan = plan_probe(labels, splits, groups, ProbeConfig(seeds=3))
+    assert len(plan.parts) == 3 and all(len(p) == 1 for p in plan.parts)
+    for part in plan.parts[1:]:
+        for a, b in zip(part[0], plan.parts[0][0], strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_progress_goes_to_stderr_once_per_fit_and_quiet_is_silent(

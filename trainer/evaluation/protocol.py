@@ -20,8 +20,11 @@ Splits
     validation. ``folds=K`` runs a grouped K-fold cross-validation over all labeled clips
     (:func:`trainer.evaluation.make_folds`: stratified by class for classification) with
     a grouped validation split carved out of every fold's train part; the figures of a
-    seed are the mean over folds. Splits depend on ``split_seed`` only, so the spread over
-    seeds is the spread of training alone.
+    seed are the mean over its folds. Seed ``s`` draws its own fold assignment (from
+    ``split_seed + s``): the seeds are a repeated cross-validation, so that their mean
+    does not hang on which groups happen to share a fold (on a few dozen groups that
+    alone moves a figure by several points) and their spread includes it. The store's
+    splits are the same for every seed, and their spread is that of training alone.
 Training
     Features are z-scored with the training clips' statistics, and the whole grid is
     trained at once (:func:`trainer.evaluation.train_grid`).
@@ -113,7 +116,8 @@ class ProbeConfig:
         Share of the training groups set aside for validation where a validation set is
         carved out of train.
     split_seed : int
-        Seed of the folds and of carved validation sets.
+        Seed of the folds (seed ``s`` of the probe uses ``split_seed + s``) and of
+        validation sets carved out of train.
     task : {"auto", "classification", "tagging"}
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; checked on construction
@@ -261,9 +265,10 @@ class ProbePlan:
     Y : numpy.ndarray of int64, shape (n_keep, C)
         One-hot classes or the tag matrix.
     classes : list of str
-    parts : list of (train, valid, test)
-        Index arrays into the kept clips: one triple for the store's splits, one per fold
-        with ``folds``.
+    parts : list of list of (train, valid, test)
+        Per probe seed, index arrays into the kept clips: one triple for the store's
+        splits (the same for every seed), one per fold with ``folds`` (each seed's own
+        fold assignment).
     """
 
     task: str
@@ -271,7 +276,7 @@ class ProbePlan:
     target: np.ndarray
     Y: np.ndarray
     classes: list[str]
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
 def plan_probe(
@@ -319,15 +324,19 @@ def plan_probe(
             )
         if not len(valid):
             train, valid = carve_valid(train, keys, Y, config.valid_fraction, config.split_seed)
-        parts = [(train, valid, test)]
+        parts = [[(train, valid, test)]] * config.seeds
     else:
         strata = target if task == "classification" else None
         parts = []
-        for train, test in make_folds(keys, config.folds, config.split_seed, y=strata):
-            train, valid = carve_valid(train, keys, Y, config.valid_fraction, config.split_seed)
-            parts.append((train, valid, test))
+        for seed in range(config.seeds):
+            split_seed = config.split_seed + seed
+            folds = []
+            for train, test in make_folds(keys, config.folds, split_seed, y=strata):
+                train, valid = carve_valid(train, keys, Y, config.valid_fraction, split_seed)
+                folds.append((train, valid, test))
+            parts.append(folds)
 
-    for train, valid, test in parts:
+    for train, valid, test in (part for seed_parts in parts for part in seed_parts):
         check_coverage(Y, train, test, "test", classes)
         check_coverage(Y, train, valid, "valid", classes)
         if task == "tagging":
@@ -392,7 +401,7 @@ def fit_split(
         Features of the plan's kept clips.
     plan : ProbePlan
     part : (train, valid, test)
-        Index arrays into the kept clips, one of ``plan.parts``.
+        Index arrays into the kept clips, one of a seed's ``plan.parts``.
     config : ProbeConfig
     seed : int
     device : torch.device
@@ -513,22 +522,23 @@ def run_probe(
     X = X[plan.keep]
     device = resolve_device(config.device)
 
-    majorities = [majority_metrics(task, Y[tr], target[te], classes) for tr, _, te in parts]
-    chances = [chance_metrics(task, Y[tr], target[te]) for tr, _, te in parts]
+    every = [part for seed_parts in parts for part in seed_parts]
+    majorities = [majority_metrics(task, Y[tr], target[te], classes) for tr, _, te in every]
+    chances = [chance_metrics(task, Y[tr], target[te]) for tr, _, te in every]
 
-    bar = _Progress(config.seeds * len(parts), progress)
+    bar = _Progress(len(every), progress)
     per_seed = []
     try:
         for seed in range(config.seeds):
             runs = []
-            for f, part in enumerate(parts):
+            for f, part in enumerate(parts[seed]):
                 bar.start(seed, None if config.folds is None else f)
                 runs.append(fit_split(X, plan, part, config, seed, device, bar.epoch))
                 bar.bar.update(1)
             if config.folds is None:
                 per_seed.append({"seed": seed, **runs[0]})
                 continue
-            for f, (run, (tr, va, te)) in enumerate(zip(runs, parts, strict=True)):
+            for f, (run, (tr, va, te)) in enumerate(zip(runs, parts[seed], strict=True)):
                 run.update(fold=f, n_train=len(tr), n_valid=len(va), n_test=len(te))
             per_seed.append({
                 "seed": seed,
@@ -542,12 +552,12 @@ def run_probe(
     chance = {m: mean_or_none([c[m] for c in chances]) for m in SCALAR_METRICS[task]}
     if config.folds is None:
         majority = majorities[0]
-        n_train, n_valid, n_test = (len(p) for p in parts[0])
+        n_train, n_valid, n_test = (len(p) for p in parts[0][0])
     else:
         majority = mean_over_folds(task, majorities, classes)
-        n_train = round(np.mean([len(p[0]) for p in parts]))
-        n_valid = round(np.mean([len(p[1]) for p in parts]))
-        n_test = sum(len(p[2]) for p in parts)
+        n_train = round(np.mean([len(p[0]) for p in every]))
+        n_valid = round(np.mean([len(p[1]) for p in every]))
+        n_test = sum(len(p[2]) for p in parts[0])
 
     return ProbeResult.of_seeds(task, classes, per_seed, majority=majority, chance=chance,
                                 n_train=n_train, n_valid=n_valid, n_test=n_test,
