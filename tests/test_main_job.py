@@ -35,16 +35,19 @@ def test_the_main_job_beats_the_majority_class(tmp_path: Path) -> None:
         assert accuracy > result["majority"]["accuracy"] + 0.1, (name, accuracy)
     verdict = (out / "verdict.md").read_text()
     assert verdict.count("Pre-training helped") + verdict.count("Pre-training did not help") == 2
-    assert verdict.count("mean ± std over 2 probe seeds of one pre-training run") == 2
+    assert verdict.count("instruments (accuracy, mean ± std over 2 probe seeds of one "
+                         "pre-training run)") == 1
+    assert verdict.count("composers (accuracy, mean ± std over 2 probe seeds, each its own "
+                         "5-fold assignment, of one pre-training run)") == 1
 
 
 def write_result(out: Path, name: str, store: str, mean: float, std: float,
-                 chance: float, majority: float) -> None:
+                 chance: float, majority: float, folds: int | None = None) -> None:
     folder = out / "reports" / name / store
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({
         "task": "classification", "summary": {"accuracy": {"mean": mean, "std": std}},
-        "per_seed": [{}, {}, {}],
+        "per_seed": [{}, {}, {}], "folds": folds,
         "chance": {"accuracy": chance}, "majority": {"accuracy": majority}}))
 
 
@@ -52,14 +55,15 @@ def test_the_verdict_says_whether_pre_training_helped(tmp_path: Path) -> None:
     from trainer.demo import plain_words
 
     # grouped folds: the majority figure reads 0.0, chance is 0.2
-    write_result(tmp_path, "cpu-small", "composers", 0.15, 0.01, 0.2, 0.0)
-    write_result(tmp_path, "random-cpu-small", "composers", 0.16, 0.02, 0.2, 0.0)
-    write_result(tmp_path, "targets-stats", "composers", 0.30, 0.02, 0.2, 0.0)
+    write_result(tmp_path, "cpu-small", "composers", 0.15, 0.01, 0.2, 0.0, folds=5)
+    write_result(tmp_path, "random-cpu-small", "composers", 0.16, 0.02, 0.2, 0.0, folds=5)
+    write_result(tmp_path, "targets-stats", "composers", 0.30, 0.02, 0.2, 0.0, folds=5)
     write_result(tmp_path, "cpu-small", "instruments", 0.50, 0.01, 0.09, 0.3)
     write_result(tmp_path, "random-cpu-small", "instruments", 0.40, 0.02, 0.09, 0.3)
     write_result(tmp_path, "mfcc-stats", "instruments", 0.49, 0.01, 0.09, 0.3)
     assert plain_words(tmp_path, "cpu-small").splitlines() == [
-        "composers (accuracy, mean ± std over 3 probe seeds of one pre-training run): "
+        "composers (accuracy, mean ± std over 3 probe seeds, each its own 5-fold "
+        "assignment, of one pre-training run): "
         "pre-trained 15.0 ± 1.0 %, random weights of the same network 16.0 ± 2.0 %, "
         "default-target statistics 30.0 ± 2.0 %, chance 20.0 %, majority class 0.0 %. "
         "Pre-training did not help measurably: -1.0 points against random weights of the "

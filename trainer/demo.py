@@ -150,8 +150,9 @@ def plain_words(out: Path, run: str) -> str:
         metric = "accuracy" if res["task"] == "classification" else "roc_auc_macro"
         pre = res["summary"][metric]
         seeds = len(res.get("per_seed", [])) or "the"
-        head = (f"{store} ({metric.replace('_', ' ')}, mean ± std over {seeds} probe seeds "
-                f"of one pre-training run): pre-trained {_pct(pre)}")
+        folds = f", each its own {res['folds']}-fold assignment," if res.get("folds") else ""
+        head = (f"{store} ({metric.replace('_', ' ')}, mean ± std over {seeds} probe seeds"
+                f"{folds} of one pre-training run): pre-trained {_pct(pre)}")
         compared = []
         for name, label in ((f"random-{run}", "random weights of the same network"),
                             ("mfcc-stats", "MFCC statistics"),
