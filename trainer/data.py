@@ -253,7 +253,7 @@ class CropDataset:
             (B, dim) and coded targets' offsets and scales (B, 2, dim); ``out`` when given.
         """
         T, hop = self.crop_frames, self.hop
-        on_device = isinstance(self._arrays[0]["waveform"], torch.Tensor)
+        on_device = self.held_on_device
         if out is not None and on_device:
             raise ValueError("gather(out=...) needs arrays held on the host, not cache='device'")
         pieces: dict[str, list[Any]] = {n: [] for n in self._arrays[0]}
@@ -267,7 +267,7 @@ class CropDataset:
                 "sample": s.clips["sample_offset"][local] + starts[rows] * hop,
                 "clip": local,
             }
-            run = slice(int(np.argmax(rows)), int(np.argmax(rows)) + int(rows.sum()))
+            run = slice(first_row := int(np.argmax(rows)), first_row + int(rows.sum()))
             for name, x in self._arrays[k].items():
                 rate = self._rate(name)
                 idx = first[rate]
@@ -288,6 +288,11 @@ class CropDataset:
             return out
         join = torch.cat if on_device else np.concatenate
         return {n: p[0] if len(p) == 1 else join(p) for n, p in pieces.items()}
+
+    @property
+    def held_on_device(self) -> bool:
+        """Whether the arrays are held on the device (``cache="device"``) and cropped there."""
+        return isinstance(self._arrays[0]["waveform"], torch.Tensor)
 
     def _rate(self, name: str) -> str:
         """``sample`` (the waveform), ``frame`` or ``clip``: what one crop's rows of a held
@@ -420,11 +425,11 @@ class Prefetcher:
     """Keeps ``depth`` batches ready in a background thread and measures data-wait.
 
     numpy's slicing and the memory-map reads release the GIL, so the gather overlaps the
-    training step. Batches are gathered into a :class:`StagingRing` of ``depth + 2``
-    buffers (pinned on CUDA). On CUDA the thread queues the copies and the normalisation on
-    a stream of its own, so that they overlap the step's kernels; :meth:`get` makes the
-    training stream wait for them. ``wait_seconds`` accumulates the time the training loop
-    spent blocked on data.
+    training step. Batches are gathered into a :class:`StagingRing` (on CUDA ``depth + 2``
+    pinned buffers; on the CPU one, since nothing is copied asynchronously there). On CUDA
+    the thread queues the copies and the normalisation on a stream of its own, so that they
+    overlap the step's kernels; :meth:`get` makes the training stream wait for them.
+    ``wait_seconds`` accumulates the time the training loop spent blocked on data.
     """
 
     def __init__(self, data: CropDataset, *, seed: int, start_step: int, batch_size: int,
@@ -434,10 +439,9 @@ class Prefetcher:
         self._next = start_step
         self._stop = threading.Event()
         self.wait_seconds = 0.0
-        held_on_host = not isinstance(data._arrays[0]["waveform"], torch.Tensor)
-        self._ring = StagingRing(data.raw_layout(batch_size), data.device, depth + 2) \
-            if held_on_host else None
         cuda = data.device.type == "cuda"
+        self._ring = None if data.held_on_device else StagingRing(
+            data.raw_layout(batch_size), data.device, depth + 2 if cuda else 1)
         self._stream = torch.cuda.Stream(data.device) if cuda else None
         self._thread = threading.Thread(target=self._work, daemon=True)
         self._thread.start()
