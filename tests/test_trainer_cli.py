@@ -63,7 +63,7 @@ def test_set_comes_last_and_a_dotted_key_updates_the_preset_table() -> None:
                          settings=parse_settings(["lr=0.25", "encoder_kwargs.dim=256"]))
     assert cfg.lr == 0.25
     assert cfg.encoder_kwargs == {"n_mels": 80, "channels": [16, 32, 64, 128],
-                                  "freq_pools": [2, 2, 4, 5], "dim": 256}
+                                  "freq_pools": [2, 2, 2, 2], "dim": 256, "context_layers": 5}
 
 
 @pytest.mark.parametrize(("pair", "message"), [
