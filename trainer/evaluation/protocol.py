@@ -278,6 +278,13 @@ class ProbePlan:
     classes: list[str]
     parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
+    @property
+    def distinct_parts(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each (train, valid, test) once: every fold of every seed, or the store's splits
+        once (every seed shares them)."""
+        seen = {id(part): part for seed_parts in self.parts for part in seed_parts}
+        return list(seen.values())
+
 
 def plan_probe(
     labels: Sequence[str],
@@ -336,7 +343,8 @@ def plan_probe(
                 folds.append((train, valid, test))
             parts.append(folds)
 
-    for train, valid, test in (part for seed_parts in parts for part in seed_parts):
+    plan = ProbePlan(task, keep, target, Y, list(classes), parts)
+    for train, valid, test in plan.distinct_parts:
         check_coverage(Y, train, test, "test", classes)
         check_coverage(Y, train, valid, "valid", classes)
         if task == "tagging":
@@ -346,7 +354,7 @@ def plan_probe(
                     "the validation clips have no tag with both positive and negative "
                     "clips, so no model can be selected on them"
                 )
-    return ProbePlan(task, keep, target, Y, list(classes), parts)
+    return plan
 
 
 def check_store(store_path: str | os.PathLike[str], config: ProbeConfig | None = None
@@ -522,11 +530,11 @@ def run_probe(
     X = X[plan.keep]
     device = resolve_device(config.device)
 
-    every = [part for seed_parts in parts for part in seed_parts]
+    every = plan.distinct_parts
     majorities = [majority_metrics(task, Y[tr], target[te], classes) for tr, _, te in every]
     chances = [chance_metrics(task, Y[tr], target[te]) for tr, _, te in every]
 
-    bar = _Progress(len(every), progress)
+    bar = _Progress(sum(len(seed_parts) for seed_parts in parts), progress)
     per_seed = []
     try:
         for seed in range(config.seeds):
