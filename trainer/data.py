@@ -374,10 +374,11 @@ class StagingRing:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.cuda = device.type == "cuda"
+        dtypes = {name: torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+                  for name, (_, dtype) in layout.items()}
         self.buffers = [
-            {name: torch.from_numpy(np.empty(shape, dtype=dtype)).pin_memory() if self.cuda
-             else torch.from_numpy(np.empty(shape, dtype=dtype))
-             for name, (shape, dtype) in layout.items()}
+            {name: torch.empty(shape, dtype=dtypes[name], pin_memory=self.cuda)
+             for name, (shape, _) in layout.items()}
             for _ in range(slots)
         ]
         self._copied: list[Any] = [None] * slots  # CUDA events, one per slot
