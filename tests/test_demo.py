@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from featurestore.corpus import demo, render, synth
 
-SCALE = 0.1
+SCALE = 0.04  # the smallest corpus with every label and split: 1 clip per program
 EXTRA_COLUMNS = {
     "instruments": ["program", "kind", "pitch", "notes", "velocity", "seconds"],
     "composers": ["source", "ensemble", "start_quarter", "qpm", "seconds"],

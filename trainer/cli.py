@@ -313,7 +313,7 @@ def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, pattern:
 @click.option("--scale", default=1.0, show_default=True, help="Size of the demo corpus.")
 @click.option("--steps", type=int, help="Pre-training steps [" + ", ".join(
     f"{n} on {dev.upper() if dev == 'cpu' else 'CUDA'}" for dev, n in _demo_steps()) + "].")
-@click.option("--seeds", default=3, show_default=True, help="Probe seeds.")
+@click.option("--seeds", default=5, show_default=True, help="Probe seeds.")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def demo(out: str, device: str, scale: float, steps: int | None, seeds: int,

@@ -13,8 +13,8 @@ The three parts (sizes at ``scale=1.0``; ``scale`` multiplies the number of clip
 ``instruments.csv`` (folder ``instruments/``)
     Single notes (1-2.5 s) and short phrases (1.5-3 s) of the 44 General-MIDI programs
     of :data:`~featurestore.corpus.synth.FAMILIES`, labelled by instrument *family* as
-    NSynth does (11 families x 4 programs; three clips per program: 132 clips, about
-    4.3 minutes). ``group`` is the program (``violin``). Splits are by group: in every
+    NSynth does (11 families x 4 programs; eight clips per program: 352 clips, about
+    11.7 minutes). ``group`` is the program (``violin``). Splits are by group: in every
     family one program is ``test``, one ``valid`` and two ``train`` (drawn from
     ``seed``), so the probe must generalise from a family's other instruments. Metadata:
     ``program`` (0-based GM number), ``kind`` (``note`` or ``phrase``), ``pitch`` (MIDI
@@ -24,8 +24,8 @@ The three parts (sizes at ``scale=1.0``; ``scale`` multiplies the number of clip
 ``composers.csv`` (folder ``composers/``)
     Excerpts (6-8 s, each starting on a bar line) of real scores, labelled by composer:
     bach (chorales), palestrina (Kyries of different masses), monteverdi (madrigals),
-    mozart and beethoven (one string-quartet movement per quartet); twelve clips per
-    composer spread over its works (60 clips, about 6.9 minutes). ``group`` is the work;
+    mozart and beethoven (one string-quartet movement per quartet); thirty clips per
+    composer spread over its works (150 clips, about 17.4 minutes). ``group`` is the work;
     one work per composer is ``test``, one ``valid``, the rest ``train``. Each excerpt is
     played by an ensemble drawn from ``seed`` out of a pool shared by all composers, so
     that timbre does not give the composer away. Tempo: the score's first metronome
@@ -34,10 +34,10 @@ The three parts (sizes at ``scale=1.0``; ``scale`` multiplies the number of clip
     ``start_quarter``, ``qpm``, ``seconds``.
 
 ``pretrain.csv`` (folder ``pretrain/``)
-    Unlabelled audio for pre-training (empty ``label``, split ``train``): 40 generated
-    pieces (:func:`~featurestore.corpus.synth.generated_piece`, 20-30 s) and 20 excerpts
+    Unlabelled audio for pre-training (empty ``label``, split ``train``): 100 generated
+    pieces (:func:`~featurestore.corpus.synth.generated_piece`, 20-30 s) and 50 excerpts
     of further music21 works that the composer part does not use, on random programs
-    (about 25 minutes). Metadata: ``source`` (``generated`` or the corpus file),
+    (about 64 minutes). Metadata: ``source`` (``generated`` or the corpus file),
     ``programs`` (GM numbers, ``d`` for the drum kit), ``qpm``, ``seconds``.
 
 Every file is peak-normalised to -3 dBFS with a 5 ms fade-in and a 20 ms fade-out; an
@@ -86,7 +86,7 @@ BASE_COLUMNS = ("path", "label", "split", "group")
 # Stream identifiers: each part of the corpus draws from its own random streams.
 _INSTRUMENTS, _COMPOSERS, _PRETRAIN = 1, 2, 3
 
-INSTRUMENT_CLIPS_PER_PROGRAM = 3
+INSTRUMENT_CLIPS_PER_PROGRAM = 8
 NOTE_SECONDS = (1.0, 2.5)
 PHRASE_SECONDS = (1.5, 3.0)
 
@@ -154,7 +154,7 @@ COMPOSER_QPM: dict[str, float] = {
 }
 """Default tempo (quarter notes per minute) of scores without a metronome mark."""
 
-COMPOSER_CLIPS = 12
+COMPOSER_CLIPS = 30
 EXCERPT_SECONDS = (6.0, 8.0)
 
 PRETRAIN_WORKS: tuple[Work, ...] = (
@@ -166,8 +166,8 @@ PRETRAIN_WORKS: tuple[Work, ...] = (
 )
 """Further scores, not used by ``composers.csv``, rendered for the unlabelled part."""
 
-PRETRAIN_GENERATED = 40
-PRETRAIN_SCORES = 20
+PRETRAIN_GENERATED = 100
+PRETRAIN_SCORES = 50
 PRETRAIN_SECONDS = (20.0, 30.0)
 
 
@@ -436,7 +436,7 @@ def make_demo_data(
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
 @click.option("--scale", default=1.0, show_default=True,
-              help="Multiplies the number of clips (1.0: about 37 minutes of audio).")
+              help="Multiplies the number of clips (1.0: about 93 minutes of audio).")
 @click.option("--sample-rate", default=16000, show_default=True, help="Sample rate in Hz.")
 def demo_data(out_dir: str, seed: int, scale: float, sample_rate: int) -> None:
     """Render the embedded demo corpus into OUT_DIR as CSV sources (no network)."""
