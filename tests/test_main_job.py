@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_the_main_job_beats_the_majority_class(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -76,3 +78,18 @@ def test_the_verdict_says_whether_pre_training_helped(tmp_path: Path) -> None:
         "Pre-training helped: +10.0 points over random weights of the same network, more "
         "than the spread (3.0). It is within the spread of MFCC statistics (+1.0 points).",
     ]
+
+
+def test_a_folder_holding_another_demo_run_is_refused_before_anything_is_done(
+        tmp_path: Path) -> None:
+    from trainer.demo import main_job
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text(json.dumps(
+        {"seed": 0, "scale": 1.0, "preset": "cpu-small", "steps": 1000, "seeds": 5}))
+    with pytest.raises(ValueError) as refused:
+        main_job(out, device="cpu", seed=1, progress=False, echo=lambda s: None)
+    assert str(refused.value) == (f"--out {out}: holds a demo run with seed 0 (asked 1); "
+                                  "resume it with the same options, or use another --out")
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json"]

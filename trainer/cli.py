@@ -314,12 +314,14 @@ def sweep(sweep_file: str, out: str | None, device: str, dry_run: bool, pattern:
 @click.option("--steps", type=int, help="Pre-training steps [" + ", ".join(
     f"{n} on {dev.upper() if dev == 'cpu' else 'CUDA'}" for dev, n in _demo_steps()) + "].")
 @click.option("--seeds", default=5, show_default=True, help="Probe seeds.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the demo corpus and of pre-training (another --out per seed).")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
-def demo(out: str, device: str, scale: float, steps: int | None, seeds: int,
+def demo(out: str, device: str, scale: float, steps: int | None, seeds: int, seed: int,
          quiet: bool) -> None:
     """The main job end to end on the embedded demo corpus (no data needed)."""
     from trainer.demo import main_job
 
-    main_job(out, device=device, scale=scale, steps=steps, seeds=seeds, progress=not quiet,
-             echo=click.echo)
+    main_job(out, device=device, scale=scale, steps=steps, seeds=seeds, seed=seed,
+             progress=not quiet, echo=click.echo)

@@ -53,13 +53,17 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
         Pre-training steps (default :data:`DEMO_STEPS`).
     seeds : int
         Probe seeds (mean and spread are reported).
+    seed : int
+        Seed of the demo corpus and of pre-training.
 
     Raises
     ------
     ValueError
         Checked before anything is rendered or built: a device this machine lacks
         (:class:`trainer.device.DeviceError`), ``scale <= 0``, ``steps < 1``,
-        ``seeds < 1``, or ``out`` naming a file.
+        ``seeds < 1``, ``out`` naming a file, or ``out`` holding a demo run with other
+        options (its steps would be skipped as done: resume it with the same options or
+        use another folder).
     """
     import featurestore
     from featurestore.corpus.demo import make_demo_data
@@ -76,6 +80,8 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder")
     preset = "gpu" if dev.type == "cuda" else "cpu-small"
+    _claim(out, {"seed": seed, "scale": scale, "preset": preset,
+                 "steps": steps or DEMO_STEPS[dev.type], "seeds": seeds})
     clock = _Clock(echo)
     echo(f"1/4 demo corpus -> {out / 'data'}")
     csvs = _demo_data(out / "data", seed, scale, make_demo_data)
@@ -118,6 +124,22 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     echo(verdict)
     echo(f"report: {table} (per-probe reports under {out / 'reports'})")
     return table
+
+
+def _claim(out: Path, options: dict[str, Any]) -> None:
+    """Record the demo's options in ``out/demo.json``, or refuse a folder whose run had
+    other ones (every step found there would be skipped as done)."""
+    marker = out / "demo.json"
+    if marker.exists():
+        held = json.loads(marker.read_text())
+        if held != options:
+            differ = ", ".join(f"{k} {held.get(k)!r} (asked {v!r})" for k, v in options.items()
+                               if held.get(k) != v)
+            raise ValueError(f"--out {out}: holds a demo run with {differ}; resume it with the "
+                             "same options, or use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(options))
 
 
 class _Clock:
