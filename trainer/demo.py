@@ -30,8 +30,9 @@ DEMO_STEPS = {"cpu": 1000, "cuda": 3000}
 
 #: The probe's learning-rate grid in the demo: 3 points (no weight decay) instead of the
 #: protocol's 15, for every encoder and baseline alike. On the demo's stores it gives the
-#: same verdicts in a quarter of the time (121 s against about 520 s for the 8 probes on 2
-#: cores; the 1,900 statistics of ``targets-stats`` on composers alone took 300 s).
+#: same verdicts in a fifth of the time (the 8 probes from a fresh clone on 2 idle cores:
+#: 101 s against 516 s; the 1,900 statistics of ``targets-stats`` on composers alone took
+#: 300 s with the 15 points).
 DEMO_PROBE_GRID = {"lrs": [1e-4, 1e-3, 1e-2], "weight_decays": [0.0]}
 
 
