@@ -81,8 +81,9 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder")
     preset = "gpu" if dev.type == "cuda" else "cpu-small"
-    _claim(out, {"seed": seed, "scale": scale, "preset": preset,
-                 "steps": steps or DEMO_STEPS[dev.type], "seeds": seeds})
+    steps = steps or DEMO_STEPS[dev.type]
+    _claim(out, {"seed": seed, "scale": scale, "preset": preset, "steps": steps,
+                 "seeds": seeds})
     clock = _Clock(echo)
     echo(f"1/4 demo corpus -> {out / 'data'}")
     csvs = _demo_data(out / "data", seed, scale, make_demo_data)
@@ -99,7 +100,7 @@ def main_job(out: str | Path = "runs/demo", *, device: str = "auto", scale: floa
     clock.lap("feature stores")
     options: dict[str, Any] = {
         **load_preset(preset), "store": [str(stores["pretrain"])],
-        "out": str(out / "runs" / preset), "steps": steps or DEMO_STEPS[dev.type],
+        "out": str(out / "runs" / preset), "steps": steps,
         "eval_every": 10**9, "seed": seed, "device": str(dev),
     }
     base = PretrainConfig.from_dict(options, f"preset {preset}")
