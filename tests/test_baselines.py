@@ -131,6 +131,28 @@ def test_targets_stats_through_the_cli_and_the_sweep_check(store_path: Path,
     assert [s.name for s in check_sweep(plan, "cpu")] == ["t"]
 
 
+def test_random_weights_probed_over_initialisation_seeds(store_path: Path,
+                                                         tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["probe", "--encoder", "random:melcnn", "--store", str(store_path), "--seeds", "1",
+            "--classifier", "linear", "--crop-seconds", "0.5", "--device", "cpu", "--quiet"]
+    reports = []
+    for seed in (0, 1):
+        out = tmp_path / f"random-s{seed}"
+        result = runner.invoke(cli, [*args, "--init-seed", str(seed), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((out / "result.json").read_text()))
+    assert [r["meta"]["init_seed"] for r in reports] == [0, 1]
+    assert reports[0]["meta"]["encoder_key"] != reports[1]["meta"]["encoder_key"]
+    assert load_embedder("random:melcnn", seed=1).key == reports[1]["meta"]["encoder_key"]
+    refused = runner.invoke(cli, ["probe", "--encoder", "mfcc-stats", "--store",
+                                  str(store_path), "--init-seed", "1", "--out",
+                                  str(tmp_path / "no")])
+    assert refused.exit_code != 0
+    assert "--init-seed applies to random:<encoder> only" in refused.output
+    assert not (tmp_path / "no").exists()
+
+
 # --------------------------------------------------------------------------- chance
 
 

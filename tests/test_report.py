@@ -202,7 +202,8 @@ def test_summary_shows_chance_next_to_majority(tmp_path: Path, classification) -
 
 
 def seed_result(path: Path, name: str, accuracy: float, pretrain: dict | None,
-                probe_seeds: int = 3, chance: float = 0.2, majority: float = 0.0) -> Path:
+                probe_seeds: int = 3, chance: float = 0.2, majority: float = 0.0,
+                **extra: object) -> Path:
     """A synthetic result.json: ``accuracy`` is the mean over probe seeds."""
     result = ProbeResult(
         task="classification", classes=["a", "b"], metric="accuracy",
@@ -217,6 +218,7 @@ def seed_result(path: Path, name: str, accuracy: float, pretrain: dict | None,
     meta: dict = {"name": name, "store": "stores/gtzan.h5", "pooling": "mean+std"}
     if pretrain is not None:
         meta["pretrain"] = pretrain
+    meta.update(extra)
     path.mkdir(parents=True)
     (path / "result.json").write_text(json.dumps(
         {"format": "trainer-probe-result/1", "meta": meta, **result.to_dict()}))
@@ -251,6 +253,21 @@ def test_compare_aggregates_pretraining_seeds(tmp_path: Path) -> None:
     ungrouped = compare(paths, group_seeds=False).strip().splitlines()
     assert len(ungrouped) == 2 + 5
     assert sum("± over 3 probe seeds" in line for line in ungrouped) == 4
+
+
+def test_compare_aggregates_initialisation_seeds_of_random_weights(tmp_path: Path) -> None:
+    spec = "random:runs/w-equal-s0/encoder.pt"
+    paths = [seed_result(tmp_path / str(k), f"random-s{k}", acc, None, encoder=spec,
+                         init_seed=k) for k, acc in enumerate([0.50, 0.56, 0.62])]
+    other = seed_result(tmp_path / "x", "random-pase", 0.40, None, encoder="random:pase+",
+                        init_seed=0)
+    lines = compare([*paths, other]).strip().splitlines()
+    assert lines[2:] == [
+        "| stores/gtzan.h5 | random (initialisation seeds 0, 1, 2) | 56.0 ± 6.0 | "
+        "46.0 ± 6.0 | 0.0 (Accuracy) | 20.0 | ± over 3 initialisation seeds |",
+        "|  | random-pase | 40.0 ± 1.0 | 30.0 ± 2.0 | 0.0 (Accuracy) | 20.0 | "
+        "± over 3 probe seeds |",
+    ]
 
 
 def test_compare_keeps_runs_apart_when_the_probe_differs(tmp_path: Path) -> None:

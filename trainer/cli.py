@@ -187,13 +187,16 @@ def embed(spec: str, store: str, pooling: str, crop_seconds: float, device: str,
 @click.option("--encoder-kwargs", "encoder_kwargs_json",
               help="JSON object of encoder constructor arguments, for supervised:<encoder> "
                    "and random:<encoder name>.")
+@click.option("--init-seed", default=0, show_default=True,
+              help="Initialisation seed of a random:<encoder> (probe several to see the "
+                   "spread of random weights).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", required=True, type=click.Path(), help="Report folder.")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @_user_errors
 def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | None, seeds: int,
           task: str, crop_seconds: float | None, steps: int, encoder_kwargs_json: str | None,
-          device: str, out: str, quiet: bool) -> None:
+          init_seed: int, device: str, out: str, quiet: bool) -> None:
     """Probe a frozen encoder (or a baseline) on a labeled store and write a report.
 
     The device, the store's labels for the protocol and the encoder are checked before
@@ -219,6 +222,8 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
         if not parsed.builds_encoder:
             raise ValueError("--encoder-kwargs applies to supervised:<encoder> and "
                              "random:<encoder> only")
+    if init_seed != 0 and parsed.kind != "random":
+        raise ValueError("--init-seed applies to random:<encoder> only")
     config = ProbeConfig(classifier=classifier, folds=folds, seeds=seeds, task=task,
                          device=str(dev))
     meta: dict[str, Any] = {"name": Path(out).name, "encoder": spec, "store": store,
@@ -238,12 +243,15 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
     else:
         crop = 10.0 if crop_seconds is None else crop_seconds
         check_store(store, config)  # the store opens and its labels suit the protocol
-        embedder = load_embedder(spec, device=dev, encoder_kwargs=encoder_kwargs)
+        embedder = load_embedder(spec, seed=init_seed, device=dev,
+                                 encoder_kwargs=encoder_kwargs)
         emb = clip_embeddings(embedder, store, pooling=pooling, device=dev,
                               crop_seconds=crop, progress=not quiet)
         result = run_probe(emb.X, emb.labels, emb.splits, emb.groups, config,
                            progress=not quiet)
         meta.update(encoder_key=emb.key, pooling=pooling, crop_seconds=crop)
+        if parsed.kind == "random":
+            meta.update(init_seed=init_seed)
         embeddings = (emb.X, emb.labels)
     path = write_report(Path(out), result, meta=meta, embeddings=embeddings)
     click.echo((Path(out) / "summary.md").read_text())

@@ -16,7 +16,8 @@
 :func:`compare` turns several ``result.json`` files into one Markdown table in the style of
 the paper's tables: one row per run, grouped by store, best first; runs of one
 pre-training recipe that differ only in the pre-training seed become one row, mean ± std
-over pre-training seeds, and every row says which spread its ± is.
+over pre-training seeds (probes of one ``random:`` encoder over initialisation seeds
+likewise), and every row says which spread its ± is.
 """
 
 from __future__ import annotations
@@ -501,23 +502,34 @@ def _probe_identity(result: ProbeResult, meta: dict[str, Any]) -> str:
 
 
 def _recipe_key(result: ProbeResult, meta: dict[str, Any]) -> str | None:
-    """Runs with equal keys differ only in their pre-training seed (``None``: no recorded
-    pre-training, never grouped)."""
+    """Runs with equal keys differ only in their seed: the pre-training seed of a
+    pre-trained encoder, the initialisation seed of a ``random:`` one (``None``: neither
+    recorded, never grouped)."""
     recipe = meta.get("pretrain")
-    if not isinstance(recipe, dict) or "seed" not in recipe:
-        return None
-    kept = {k: v for k, v in recipe.items() if k not in _NOT_RECIPE}
-    return json.dumps([kept, _probe_identity(result, meta)], sort_keys=True, default=str)
+    if isinstance(recipe, dict) and "seed" in recipe:
+        kept = {k: v for k, v in recipe.items() if k not in _NOT_RECIPE}
+        return json.dumps([kept, _probe_identity(result, meta)], sort_keys=True, default=str)
+    if "init_seed" in meta:
+        return json.dumps([meta.get("encoder"), _probe_identity(result, meta)],
+                          sort_keys=True, default=str)
+    return None
 
 
-def _group_name(names: list[str], seeds: list[int]) -> str:
+def _seed(meta: dict[str, Any]) -> tuple[str, int]:
+    """What a grouped run's seed is, and its value (see :func:`_recipe_key`)."""
+    if isinstance(meta.get("pretrain"), dict) and "seed" in meta["pretrain"]:
+        return "pre-training", int(meta["pretrain"]["seed"])
+    return "initialisation", int(meta["init_seed"])
+
+
+def _group_name(names: list[str], seeds: list[int], kind: str = "pre-training") -> str:
     """``run-s*`` for ``run-s0``, ``run-s1``; else the first name; with the seeds."""
     import re
 
     stems = {re.sub(rf"[-_]s{seed}$", "", name) for name, seed in zip(names, seeds,
                                                                          strict=True)}
     stem = stems.pop() if len(stems) == 1 else names[0]
-    return f"{stem} (pre-training seeds {', '.join(str(s) for s in sorted(seeds))})"
+    return f"{stem} ({kind} seeds {', '.join(str(s) for s in sorted(seeds))})"
 
 
 def aggregate_seeds(results: Sequence[ProbeResult]) -> tuple[dict[str, dict[str, float]],
@@ -572,23 +584,26 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
         seed (``meta["pretrain"]`` equal but for ``seed`` and options that do not change
         what is learned, such as ``out`` and ``device``; the same store, task, classes,
         folds, pooling and probe config) into one row: the mean ± std over pre-training
-        seeds of every run's mean over probe seeds. ``False``: one row per result.
+        seeds of every run's mean over probe seeds. Probes of one ``random:`` encoder
+        that differ only in ``meta["init_seed"]`` (``trainer probe --init-seed``) are
+        grouped the same way, over initialisation seeds. ``False``: one row per result.
 
     Returns
     -------
     str
         A Markdown table: one row per run (named by ``meta["name"]``, else the encoder
         spec, else the folder name) or per group of pre-training seeds (``<name without
-        its -s<seed> suffix> (pre-training seeds 0, 1, 2)``), columns Store, Run, then
+        its -s<seed> suffix> (pre-training seeds 0, 1, 2)``, or ``(initialisation seeds
+        ...)``), columns Store, Run, then
         mean ± std in % of the metrics of the runs' tasks (Accuracy and Macro-F1 for
         classification, ROC-AUC and PR-AUC for tagging; "—" where a run's task has no
         such metric), then the majority baseline's and chance's main metric (chance: the
         expected score of a guess from the training label prior, see
         :class:`trainer.evaluation.ProbeResult`; "—" for results written without it), then
-        Spread: what the ± is (``± over N probe seeds`` or ``± over N pre-training
-        seeds``). Runs are grouped by store (``meta["store_name"]``, else
-        ``meta["store"]``), stores in the order first given, and sorted within a store by
-        their main metric (accuracy or ROC-AUC), best first.
+        Spread: what the ± is (``± over N probe seeds``, ``± over N pre-training
+        seeds`` or ``± over N initialisation seeds``). Runs are grouped by store
+        (``meta["store_name"]``, else ``meta["store"]``), stores in the order first given,
+        and sorted within a store by their main metric (accuracy or ROC-AUC), best first.
     """
     loaded = []
     for i, p in enumerate(result_paths):
@@ -612,7 +627,8 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
         else:
             groups.setdefault(key, []).append(item)
     for members in groups.values():
-        seeds = [int(m[1]["pretrain"]["seed"]) for m in members]
+        kind = _seed(members[0][1])[0]
+        seeds = [_seed(m[1])[1] for m in members]
         result, meta, name, i = members[0]
         if len(members) == 1 or len(set(seeds)) < len(seeds):
             for result, meta, name, i in members:  # a lone run, or repeats of one seed
@@ -621,9 +637,9 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
                              result.chance, result.majority, spread, i))
             continue
         summary, chance, majority = aggregate_seeds([m[0] for m in members])
-        rows.append((_store_name(meta), _group_name([m[2] for m in members], seeds),
+        rows.append((_store_name(meta), _group_name([m[2] for m in members], seeds, kind),
                      result.task, summary, chance, majority,
-                     f"± over {len(members)} pre-training seeds", i))
+                     f"± over {len(members)} {kind} seeds", i))
 
     present = {m for r in rows for m in SCALAR_METRICS[r[2]]}
     columns = [m for m in _METRIC_ORDER if m in present]
