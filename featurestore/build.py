@@ -156,9 +156,14 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None) -> I
             # ignored SIGINT, so that only this process handles it (closing the cluster
             # cleanly) instead of every worker printing a KeyboardInterrupt traceback.
             with _sigint_ignored():
+                # Logs of the cluster's own processes: CRITICAL only. What a user needs
+                # reaches the client as a task's exception (a failing clip, a worker
+                # killed by the nanny); at ERROR, a worker whose heartbeat races the
+                # scheduler's shutdown on a loaded machine printed a traceback after a
+                # build that had succeeded.
                 cluster = distributed.LocalCluster(
                     n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                    processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                    processes=True, dashboard_address=None, silence_logs=logging.CRITICAL,
                     # No dashboard; its HTTP server (health checks) on any free local port
                     # rather than 8787, which another cluster may hold (a warning then).
                     scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
