@@ -143,6 +143,7 @@ def test_random_weights_probed_over_initialisation_seeds(store_path: Path,
         assert result.exit_code == 0, result.output
         reports.append(json.loads((out / "result.json").read_text()))
     assert [r["meta"]["init_seed"] for r in reports] == [0, 1]
+    assert [r["meta"]["encoder_kwargs"] for r in reports] == [{}, {}]
     assert reports[0]["meta"]["encoder_key"] != reports[1]["meta"]["encoder_key"]
     assert load_embedder("random:melcnn", seed=1).key == reports[1]["meta"]["encoder_key"]
     refused = runner.invoke(cli, ["probe", "--encoder", "mfcc-stats", "--store",

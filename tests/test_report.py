@@ -261,12 +261,17 @@ def test_compare_aggregates_initialisation_seeds_of_random_weights(tmp_path: Pat
                          init_seed=k) for k, acc in enumerate([0.50, 0.56, 0.62])]
     other = seed_result(tmp_path / "x", "random-pase", 0.40, None, encoder="random:pase+",
                         init_seed=0)
-    lines = compare([*paths, other]).strip().splitlines()
+    narrow = [seed_result(tmp_path / f"n{k}", f"random-narrow-s{k}", 0.30, None,
+                          encoder="random:pase+", encoder_kwargs={"dim": 8}, init_seed=k)
+              for k in (1, 2)]
+    lines = compare([*paths, other, *narrow]).strip().splitlines()
     assert lines[2:] == [
         "| stores/gtzan.h5 | random (initialisation seeds 0, 1, 2) | 56.0 ± 6.0 | "
         "46.0 ± 6.0 | 0.0 (Accuracy) | 20.0 | ± over 3 initialisation seeds |",
         "|  | random-pase | 40.0 ± 1.0 | 30.0 ± 2.0 | 0.0 (Accuracy) | 20.0 | "
         "± over 3 probe seeds |",
+        "|  | random-narrow (initialisation seeds 1, 2) | 30.0 ± 0.0 | 20.0 ± 0.0 | "
+        "0.0 (Accuracy) | 20.0 | ± over 2 initialisation seeds |",
     ]
 
 

@@ -251,7 +251,7 @@ def probe(spec: str, store: str, classifier: str, pooling: str, folds: int | Non
                            progress=not quiet)
         meta.update(encoder_key=emb.key, pooling=pooling, crop_seconds=crop)
         if parsed.kind == "random":
-            meta.update(init_seed=init_seed)
+            meta.update(init_seed=init_seed, encoder_kwargs=encoder_kwargs or {})
         embeddings = (emb.X, emb.labels)
     path = write_report(Path(out), result, meta=meta, embeddings=embeddings)
     click.echo((Path(out) / "summary.md").read_text())

@@ -510,8 +510,8 @@ def _recipe_key(result: ProbeResult, meta: dict[str, Any]) -> str | None:
         kept = {k: v for k, v in recipe.items() if k not in _NOT_RECIPE}
         return json.dumps([kept, _probe_identity(result, meta)], sort_keys=True, default=str)
     if "init_seed" in meta:
-        return json.dumps([meta.get("encoder"), _probe_identity(result, meta)],
-                          sort_keys=True, default=str)
+        return json.dumps([meta.get("encoder"), meta.get("encoder_kwargs"),
+                           _probe_identity(result, meta)], sort_keys=True, default=str)
     return None
 
 
@@ -585,8 +585,9 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
         what is learned, such as ``out`` and ``device``; the same store, task, classes,
         folds, pooling and probe config) into one row: the mean ± std over pre-training
         seeds of every run's mean over probe seeds. Probes of one ``random:`` encoder
-        that differ only in ``meta["init_seed"]`` (``trainer probe --init-seed``) are
-        grouped the same way, over initialisation seeds. ``False``: one row per result.
+        (the same spec and ``meta["encoder_kwargs"]``) that differ only in
+        ``meta["init_seed"]`` (``trainer probe --init-seed``) are grouped the same way,
+        over initialisation seeds. ``False``: one row per result.
 
     Returns
     -------
@@ -594,13 +595,12 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
         A Markdown table: one row per run (named by ``meta["name"]``, else the encoder
         spec, else the folder name) or per group of pre-training seeds (``<name without
         its -s<seed> suffix> (pre-training seeds 0, 1, 2)``, or ``(initialisation seeds
-        ...)``), columns Store, Run, then
-        mean ± std in % of the metrics of the runs' tasks (Accuracy and Macro-F1 for
-        classification, ROC-AUC and PR-AUC for tagging; "—" where a run's task has no
-        such metric), then the majority baseline's and chance's main metric (chance: the
-        expected score of a guess from the training label prior, see
-        :class:`trainer.evaluation.ProbeResult`; "—" for results written without it), then
-        Spread: what the ± is (``± over N probe seeds``, ``± over N pre-training
+        ...)``), columns Store, Run, then mean ± std in % of the metrics of the runs'
+        tasks (Accuracy and Macro-F1 for classification, ROC-AUC and PR-AUC for tagging;
+        "—" where a run's task has no such metric), then the majority baseline's and
+        chance's main metric (chance: the expected score of a guess from the training
+        label prior, see :class:`trainer.evaluation.ProbeResult`; "—" for results written
+        without it), then Spread: what the ± is (``± over N probe seeds``, ``± over N pre-training
         seeds`` or ``± over N initialisation seeds``). Runs are grouped by store
         (``meta["store_name"]``, else ``meta["store"]``), stores in the order first given,
         and sorted within a store by their main metric (accuracy or ROC-AUC), best first.
