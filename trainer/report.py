@@ -501,28 +501,23 @@ def _probe_identity(result: ProbeResult, meta: dict[str, Any]) -> str:
                        {k: meta.get(k) for k in _PROBE_KEYS}], sort_keys=True, default=str)
 
 
-def _recipe_key(result: ProbeResult, meta: dict[str, Any]) -> str | None:
-    """Runs with equal keys differ only in their seed: the pre-training seed of a
-    pre-trained encoder, the initialisation seed of a ``random:`` one (``None``: neither
-    recorded, never grouped)."""
+def _seed_group(result: ProbeResult, meta: dict[str, Any]) -> tuple[str, str, int] | None:
+    """``(key, kind, seed)``: runs with equal keys differ only in their seed, the
+    pre-training seed of a pre-trained encoder or the initialisation seed of a ``random:``
+    one (``None``: neither recorded, never grouped)."""
     recipe = meta.get("pretrain")
     if isinstance(recipe, dict) and "seed" in recipe:
         kept = {k: v for k, v in recipe.items() if k not in _NOT_RECIPE}
-        return json.dumps([kept, _probe_identity(result, meta)], sort_keys=True, default=str)
+        key = json.dumps([kept, _probe_identity(result, meta)], sort_keys=True, default=str)
+        return key, "pre-training", int(recipe["seed"])
     if "init_seed" in meta:
-        return json.dumps([meta.get("encoder"), meta.get("encoder_kwargs"),
-                           _probe_identity(result, meta)], sort_keys=True, default=str)
+        key = json.dumps([meta.get("encoder"), meta.get("encoder_kwargs"),
+                          _probe_identity(result, meta)], sort_keys=True, default=str)
+        return key, "initialisation", int(meta["init_seed"])
     return None
 
 
-def _seed(meta: dict[str, Any]) -> tuple[str, int]:
-    """What a grouped run's seed is, and its value (see :func:`_recipe_key`)."""
-    if isinstance(meta.get("pretrain"), dict) and "seed" in meta["pretrain"]:
-        return "pre-training", int(meta["pretrain"]["seed"])
-    return "initialisation", int(meta["init_seed"])
-
-
-def _group_name(names: list[str], seeds: list[int], kind: str = "pre-training") -> str:
+def _group_name(names: list[str], seeds: list[int], kind: str) -> str:
     """``run-s*`` for ``run-s0``, ``run-s1``; else the first name; with the seeds."""
     import re
 
@@ -615,20 +610,23 @@ def compare(result_paths: Sequence[str | os.PathLike[str]], *,
         raise ValueError("compare() needs at least one result")
 
     # rows: (store, name, task, summary, chance, majority, spread, order)
-    groups: dict[str, list[tuple[ProbeResult, dict[str, Any], str, int]]] = {}
+    # key -> [(item, kind of seed, seed)]
+    groups: dict[str, list[tuple[tuple[ProbeResult, dict[str, Any], str, int], str, int]]] = {}
     rows = []
     for item in loaded:
         result, meta, name, i = item
-        key = _recipe_key(result, meta) if group_seeds else None
-        if key is None:
+        group = _seed_group(result, meta) if group_seeds else None
+        if group is None:
             spread = f"± over {len(result.per_seed)} probe seeds" if result.per_seed else ""
             rows.append((_store_name(meta), name, result.task, result.summary,
                          result.chance, result.majority, spread, i))
         else:
-            groups.setdefault(key, []).append(item)
-    for members in groups.values():
-        kind = _seed(members[0][1])[0]
-        seeds = [_seed(m[1])[1] for m in members]
+            key, kind, seed = group
+            groups.setdefault(key, []).append((item, kind, seed))
+    for grouped in groups.values():
+        members = [item for item, _, _ in grouped]
+        kind = grouped[0][1]  # one kind per key: the two kinds' keys differ in length
+        seeds = [seed for _, _, seed in grouped]
         result, meta, name, i = members[0]
         if len(members) == 1 or len(set(seeds)) < len(seeds):
             for result, meta, name, i in members:  # a lone run, or repeats of one seed
