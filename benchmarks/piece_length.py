@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     files, seconds = select_files(args.source, args.hours)
     print(f"{benchlib.machine_line()}\n{len(files)} files, {seconds / 3600:.2f} h",
           flush=True)
+    headers = [(probe(path), content_hash(path)) for path in files]  # read once
     rows = []
     for r in range(args.rounds):
         row = [str(r + 1)]
@@ -54,9 +55,8 @@ def main(argv: list[str] | None = None) -> None:
             config = ExtractConfig(targets=("default",), max_seconds=max_seconds)
             per_partition = max(1, int(600 // max_seconds))
             cpu, samples = 0.0, 0
-            for k, path in enumerate(files):
-                pieces = plan_file(Clip(id=f"clip-{k:04d}", path=path), probe(path), config,
-                                   content_hash(path))
+            for k, (path, (info, content)) in enumerate(zip(files, headers, strict=True)):
+                pieces = plan_file(Clip(id=f"clip-{k:04d}", path=path), info, config, content)
                 for start in range(0, len(pieces), per_partition):
                     t = time.process_time()
                     result = extract_partition(pieces[start:start + per_partition], config)
