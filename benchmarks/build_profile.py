@@ -46,6 +46,9 @@ import benchlib  # first: pins numeric libraries to one thread
 from benchlib import table
 
 from featurestore.build import WORKER_ENVIRON
+from featurestore.extract import ExtractConfig
+
+DEFAULT_MAX_SECONDS = ExtractConfig(targets=("default",)).max_seconds
 
 MUSIC_PACKAGES = {
     **benchlib.MUSIC_PACKAGES,
@@ -113,15 +116,15 @@ class Stopwatch:
             self.wall[stage] += time.perf_counter() - w0
 
 
-def profile_stages(files: list[str], partition_size: int, workdir: Path) -> tuple[
-        Stopwatch, float, int]:
+def profile_stages(files: list[str], partition_size: int, workdir: Path,
+                   max_seconds: float) -> tuple[Stopwatch, float, int]:
     """Run a sequential build of ``files`` stage by stage; return the stopwatch, the audio
     seconds and the number of clips."""
     import numpy as np
 
     from featurestore.audio import content_hash, decode, probe
     from featurestore.build import partition_hash
-    from featurestore.extract import ExtractConfig, plan_file, to_storage
+    from featurestore.extract import plan_file, to_storage
     from featurestore.manifest import Piece
     from featurestore.store import (
         Clip,
@@ -133,7 +136,7 @@ def profile_stages(files: list[str], partition_size: int, workdir: Path) -> tupl
     )
     from featurestore.targets import DecodedClip, resolve
 
-    config = ExtractConfig(targets=("default",))
+    config = ExtractConfig(targets=("default",), max_seconds=max_seconds)
     targets = resolve(["default"])
     specs = config.specs()
     watch = Stopwatch()
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-stages", action="store_true", help="end to end only")
     parser.add_argument("--quantize", action="store_true",
                         help="end-to-end builds with --quantize (8-bit codes)")
+    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                        help="longer files become several clips (the build's option)")
     parser.add_argument("--skip-e2e", action="store_true", help="stages only")
     parser.add_argument("--glibc-defaults", action="store_true",
                         help="stages with glibc's allocator defaults instead of the settings "
@@ -266,9 +271,10 @@ def main(argv: list[str] | None = None) -> None:
             # Warm-up: imports and numba's JIT, which each worker process pays once.
             (workdir / "warm").mkdir()
             (workdir / "stages").mkdir()
-            profile_stages(files[:1], args.partition_size, workdir / "warm")
+            profile_stages(files[:1], args.partition_size, workdir / "warm",
+                           args.max_seconds)
             watch, audio, n_clips = profile_stages(files, args.partition_size,
-                                                   workdir / "stages")
+                                                   workdir / "stages", args.max_seconds)
             audio_h = audio / 3600
             rows = []
             total_cpu = total_wall = 0.0
@@ -289,16 +295,19 @@ def main(argv: list[str] | None = None) -> None:
             folder = link_folder(files, workdir / "audio")
             rows = []
             best: dict[int, dict[str, float]] = {}
+            extra = ["--max-seconds", str(args.max_seconds)]
+            extra += ["--quantize"] if args.quantize else []
             for processes in (1, args.processes):
                 for _ in range(args.repeat):
                     benchlib.wait_until_quiet(args.quiet_wait)
-                    run = end_to_end(folder, processes, workdir,
-                                     ["--quantize"] if args.quantize else [])
+                    run = end_to_end(folder, processes, workdir, extra)
                     print(f"  --processes {processes}: {run}", file=sys.stderr, flush=True)
                     if processes not in best or run["wall"] < best[processes]["wall"]:
                         best[processes] = run
             for processes, run in best.items():
                 flag = " --quantize" if args.quantize else ""
+                if args.max_seconds != DEFAULT_MAX_SECONDS:
+                    flag += f" --max-seconds {args.max_seconds:g}"
                 rows.append([f"`featurestore build --processes {processes}{flag}`",
                              f"{run['wall']:.1f}", f"{seconds / run['wall']:,.0f}x",
                              f"{run['cpu']:.1f}", f"{run['cpu'] / hours:.0f}",
