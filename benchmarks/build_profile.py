@@ -21,6 +21,7 @@ as a user's corpus would be: compressed, of many lengths, cut into clips of
     python benchmarks/build_profile.py                     # 2 h of game music
     python benchmarks/build_profile.py --hours 1 --processes 2 --repeat 2
     python benchmarks/build_profile.py --source path/to/music/ --hours 3
+    python benchmarks/build_profile.py --skip-stages --max-seconds 60   # clips of 1 minute
 
 The selection is the same on every machine (sorted, interleaved across packages). The
 end-to-end builds write to a temporary folder and are discarded.
