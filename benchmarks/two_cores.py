@@ -90,9 +90,9 @@ def run_work(name: str) -> None:
         import tempfile
 
         piece = np.ones(8 * 2**20, np.uint8)
+        benchlib.CACHE.mkdir(exist_ok=True)
 
         def work() -> None:
-            benchlib.CACHE.mkdir(exist_ok=True)
             with tempfile.TemporaryFile(dir=benchlib.CACHE) as f:
                 for _ in range(10):
                     for k in range(64):
