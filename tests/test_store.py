@@ -3,9 +3,12 @@ maps, exact statistics, integrity checks."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -14,10 +17,11 @@ from click.testing import CliRunner
 from conftest import HOP, MAIN_TARGETS, SR, Corpus, quantise
 from threadpoolctl import threadpool_limits
 
+import featurestore.store
 from featurestore import FeatureStoreError, open_store, open_stores, verify
 from featurestore.audio import decode
 from featurestore.cli import main
-from featurestore.store import SCHEMA_VERSION, Stats, TargetSpec, combined_stats
+from featurestore.store import SCHEMA_VERSION, Stats, TargetSpec, assemble, combined_stats
 from featurestore.targets import DecodedClip, resolve
 
 TARGET_NAMES = MAIN_TARGETS.split(",")
@@ -332,3 +336,90 @@ def test_a_store_written_without_m2_still_opens(built_store: Path, tmp_path: Pat
         np.testing.assert_array_equal(was.mean, st.mean)
         np.testing.assert_allclose(was.m2, st.std**2 * st.count, rtol=1e-12)
         np.testing.assert_allclose(was.std, st.std, rtol=1e-12)
+
+
+# ------------------------------------------------------------ writing around the page cache
+
+
+def test_large_arrays_start_on_aligned_offsets(built_store: Path) -> None:
+    """Every array of at least DIRECT_MIN_BYTES starts at a multiple of DIRECT_ALIGNMENT,
+    so that its bytes can be written with O_DIRECT."""
+    large = []
+    with h5py.File(built_store, "r") as f:
+        for d in [f["waveform"], *f["targets"].values()]:
+            if d.nbytes >= featurestore.store.DIRECT_MIN_BYTES:
+                assert d.id.get_offset() % featurestore.store.DIRECT_ALIGNMENT == 0, d.name
+                large.append(d.name)
+    assert "/waveform" in large and len(large) >= 2
+
+
+class _Writes:
+    """os.pwrite with a record of every write on a direct descriptor; it refuses (EINVAL)
+    the direct write number ``refuse`` (counting from 1), as a file system without direct
+    writes would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refuse: int | None) -> None:
+        self.direct_fds: set[int] = set()
+        self.direct: list[tuple[int, int]] = []  # (offset, length) of each direct write
+        self.refused = 0
+        self.refuse = refuse
+        real_pwrite, real_open = os.pwrite, featurestore.store._Direct.open
+
+        def pwrite(fd: int, data: Any, offset: int) -> int:
+            if fd in self.direct_fds:
+                if len(self.direct) + 1 == self.refuse:
+                    self.refused += 1
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                self.direct.append((offset, len(memoryview(data).cast("B"))))
+            return real_pwrite(fd, data, offset)
+
+        def open_direct(path: Path) -> Any:
+            direct = real_open(path)
+            if direct is not None:
+                self.direct_fds.add(direct.fd)
+            return direct
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        monkeypatch.setattr(featurestore.store._Direct, "open", staticmethod(open_direct))
+
+
+def _same_content(a: Path, b: Path) -> None:
+    """Two stores hold the same arrays, checksums and statistics (their creation times
+    differ)."""
+    sa, sb = open_store(a), open_store(b)
+    assert np.array_equal(sa.waveform, sb.waveform)
+    assert sa.targets.keys() == sb.targets.keys()
+    for name in sa.targets:
+        assert np.array_equal(sa.targets[name], sb.targets[name], equal_nan=True), name
+        assert np.array_equal(sa.checksums[f"targets/{name}"].digests,
+                              sb.checksums[f"targets/{name}"].digests), name
+        assert sa.stats[name].count == sb.stats[name].count
+    assert np.array_equal(sa.checksums["waveform"].digests, sb.checksums["waveform"].digests)
+
+
+@pytest.mark.parametrize("how", ["direct", "refused-midway", "page-cache-only"])
+def test_direct_writes_store_the_same_bytes(built_store: Path, tmp_path: Path, how: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written through O_DIRECT (with a staging buffer of three blocks, so that
+    every array takes several direct writes and most end in a partial block), one whose
+    file system refuses the third direct write, and one written through the page cache
+    only hold the same bytes as the store they were assembled from."""
+    align = featurestore.store.DIRECT_ALIGNMENT
+    monkeypatch.setattr(featurestore.store, "_STAGING_BYTES", 3 * align)
+    if how == "page-cache-only":
+        monkeypatch.setattr(featurestore.store._Direct, "open", staticmethod(lambda path: None))
+    writes = _Writes(monkeypatch, refuse=3 if how == "refused-midway" else None)
+    out = tmp_path / "out.h5"
+    assemble(out, [built_store], attrs={"sample_rate": SR, "hop": HOP, "source": "test"})
+    _same_content(out, built_store)
+    assert verify(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+    if how == "direct":
+        # Every large array went to the disk directly, in aligned pieces.
+        assert len(writes.direct) > 10
+        assert all(at % align == 0 and n % align == 0 and 0 < n <= 3 * align
+                   for at, n in writes.direct)
+    elif how == "refused-midway":
+        assert writes.refused == 1 and len(writes.direct) == 2  # none after the refusal
+    else:
+        assert writes.direct_fds == set() and writes.direct == []
