@@ -22,6 +22,11 @@ as a user's corpus would be: compressed, of many lengths, cut into clips of
     python benchmarks/build_profile.py --hours 1 --processes 2 --repeat 2
     python benchmarks/build_profile.py --source path/to/music/ --hours 3
     python benchmarks/build_profile.py --skip-stages --max-seconds 60   # clips of 1 minute
+    python benchmarks/build_profile.py --skip-stages --repeat 3 --baseline ../main-before
+
+``--baseline`` names a checkout of another commit: every end-to-end build is run there
+too (``python -m featurestore`` from that folder imports its code), interleaved with this
+checkout's, so that before and after meet the same state of the machine.
 
 The selection is the same on every machine (sorted, interleaved across packages). The
 end-to-end builds write to a temporary folder and are discarded.
@@ -202,17 +207,21 @@ def profile_stages(files: list[str], partition_size: int, workdir: Path,
 @contextmanager
 def children_cpu() -> Iterator[dict[str, float]]:
     """CPU seconds of the child processes waited for inside the block (grandchildren
-    included once their parents have waited for them)."""
+    included once their parents have waited for them): ``cpu`` in all, ``sys`` of it in
+    the kernel."""
     out: dict[str, float] = {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     yield out
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out["sys"] = after.ru_stime - before.ru_stime
+    out["cpu"] = (after.ru_utime - before.ru_utime) + out["sys"]
 
 
-def end_to_end(folder: Path, processes: int, workdir: Path, extra: list[str]
-               ) -> dict[str, float]:
-    """One ``featurestore build`` in a fresh process: wall and whole-tree CPU seconds."""
+def end_to_end(folder: Path, processes: int, workdir: Path, extra: list[str],
+               checkout: Path | None = None) -> dict[str, float]:
+    """One ``featurestore build`` in a fresh process, with the code of ``checkout`` (a
+    folder holding another commit's ``featurestore/``) when given: wall, whole-tree CPU
+    and kernel CPU seconds."""
     out = workdir / f"e2e-{processes}.h5"
     for stale in workdir.glob(f"e2e-{processes}.h5*"):
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
@@ -222,11 +231,11 @@ def end_to_end(folder: Path, processes: int, workdir: Path, extra: list[str]
     env = {k: v for k, v in os.environ.items() if k not in WORKER_ENVIRON}
     with children_cpu() as cpu:
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, cwd=checkout)
         wall = time.perf_counter() - t0
     size = out.stat().st_size
     out.unlink()
-    return {"wall": wall, "cpu": cpu["cpu"], "bytes": size}
+    return {"wall": wall, "cpu": cpu["cpu"], "sys": cpu["sys"], "bytes": size}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -250,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
                              "featurestore gives its workers (WORKER_ENVIRON)")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="seconds to wait for other processes to go quiet before each run")
+    parser.add_argument("--baseline", type=Path,
+                        help="a checkout of another commit whose end-to-end builds run "
+                             "interleaved with this one's (before and after a change)")
     parser.add_argument("--out", type=Path,
                         default=benchlib.CACHE / "build_profile.md", help="report file")
     args = parser.parse_args(argv)
@@ -295,27 +307,38 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_e2e:
             folder = link_folder(files, workdir / "audio")
             rows = []
-            best: dict[int, dict[str, float]] = {}
             extra = ["--max-seconds", str(args.max_seconds)]
             extra += ["--quantize"] if args.quantize else []
-            for processes in (1, args.processes):
-                for _ in range(args.repeat):
-                    benchlib.wait_until_quiet(args.quiet_wait)
-                    run = end_to_end(folder, processes, workdir, extra)
-                    print(f"  --processes {processes}: {run}", file=sys.stderr, flush=True)
-                    if processes not in best or run["wall"] < best[processes]["wall"]:
-                        best[processes] = run
-            for processes, run in best.items():
-                flag = " --quantize" if args.quantize else ""
-                if args.max_seconds != DEFAULT_MAX_SECONDS:
-                    flag += f" --max-seconds {args.max_seconds:g}"
-                rows.append([f"`featurestore build --processes {processes}{flag}`",
-                             f"{run['wall']:.1f}", f"{seconds / run['wall']:,.0f}x",
-                             f"{run['cpu']:.1f}", f"{run['cpu'] / hours:.0f}",
-                             f"{best[1]['wall'] / run['wall']:.2f}x",
-                             f"{run['bytes'] / 1e6 / hours:.0f}"])
-            lines += [f"End to end, fresh process, best of {args.repeat} ({hours:.2f} h):", "",
-                      table(["command", "wall s", "x real time", "CPU s (all processes)",
+            checkouts: dict[str, Path | None] = {"this checkout": None}
+            if args.baseline is not None:
+                checkouts[f"baseline {args.baseline}"] = args.baseline.resolve()
+            runs: dict[tuple[str, int], list[dict[str, float]]] = defaultdict(list)
+            for _ in range(args.repeat):  # the checkouts and process counts interleaved
+                for processes in (1, args.processes):
+                    for name, checkout in checkouts.items():
+                        benchlib.wait_until_quiet(args.quiet_wait)
+                        run = end_to_end(folder, processes, workdir, extra, checkout)
+                        print(f"  {name}, --processes {processes}: {run}", file=sys.stderr,
+                              flush=True)
+                        runs[name, processes].append(run)
+            flag = " --quantize" if args.quantize else ""
+            if args.max_seconds != DEFAULT_MAX_SECONDS:
+                flag += f" --max-seconds {args.max_seconds:g}"
+            for (name, processes), done in runs.items():
+                walls = sorted(r["wall"] for r in done)
+                best = min(done, key=lambda r: r["wall"])
+                one = min(r["wall"] for r in runs[name, 1])
+                rows.append([name, f"`--processes {processes}{flag}`",
+                             " ".join(f"{r['wall']:.1f}" for r in done),
+                             f"{walls[len(walls) // 2]:.1f}", f"{seconds / best['wall']:,.0f}x",
+                             f"{best['cpu']:.1f} ({best['sys']:.1f})",
+                             f"{best['cpu'] / hours:.0f}", f"{one / best['wall']:.2f}x",
+                             f"{best['bytes'] / 1e6 / hours:.0f}"])
+            lines += [f"End to end, `featurestore build` in a fresh process, {args.repeat} "
+                      f"run(s) each ({hours:.2f} h; figures of the fastest run unless "
+                      "named):", "",
+                      table(["code", "command", "wall s, each run", "median wall s",
+                             "x real time", "CPU s, all processes (kernel)",
                              "CPU s / audio-h", "speed-up over 1 process", "MB / audio-h"],
                             rows), ""]
     finally:
