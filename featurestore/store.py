@@ -50,8 +50,8 @@ Writing: HDF5 lays every file out in memory (:class:`_FileImage`), where a write
 fail; featurestore then writes those bytes and the large arrays into a temporary file
 with plain ``os.pwrite`` calls and renames it into place. The large arrays start at
 multiples of 4 KiB and their bytes go to the disk directly (``O_DIRECT``) where the file
-system allows it, not through the page cache (:class:`_ArrayWriter` says why). A full disk is therefore an
-ordinary ``OSError`` in featurestore's own code (turned into one
+system allows it, not through the page cache (:class:`_ArrayWriter` says why). A full
+disk is therefore an ordinary ``OSError`` in featurestore's own code (turned into one
 :class:`FeatureStoreError` line, the temporary file removed), never a failed write inside
 HDF5, which leaves the library in a state where closing the file, or the interpreter's
 exit, crashes the process with a segmentation fault.
@@ -1222,10 +1222,11 @@ class _ArrayWriter:
     staging buffer and written with ``O_DIRECT`` in aligned pieces, and only an array's
     last partial block goes through the page cache; otherwise every write is a plain
     ``pwrite``. Direct writes keep the page cache out of a build, which writes every byte
-    twice and syncs both files anyway: on the reference VM a new page-cache page cost more
-    kernel time than the write itself, 0.6-2.7 s of CPU per GB (benchmarks/RESULTS.md,
-    "Writing around the page cache"). A file system that refuses a direct write (EINVAL)
-    gets the staged bytes again through the page cache, and the rest of the file too.
+    twice and syncs both files anyway: on the reference VM, writing new file data through
+    the page cache cost 1.9 s of kernel CPU per GB, and 0.04 s directly; the 2-worker
+    build became 15 % faster (benchmarks/RESULTS.md, "Writing around the page cache").
+    A file system that refuses a direct write (EINVAL) gets the staged bytes again
+    through the page cache, and the rest of the file too.
     """
 
     def __init__(self, fd: int, direct: _Direct | None, at: int, nbytes: int) -> None:
