@@ -325,12 +325,12 @@ def main(argv: list[str] | None = None) -> None:
             if args.max_seconds != DEFAULT_MAX_SECONDS:
                 flag += f" --max-seconds {args.max_seconds:g}"
             for (name, processes), done in runs.items():
-                walls = sorted(r["wall"] for r in done)
                 best = min(done, key=lambda r: r["wall"])
                 one = min(r["wall"] for r in runs[name, 1])
                 rows.append([name, f"`--processes {processes}{flag}`",
                              " ".join(f"{r['wall']:.1f}" for r in done),
-                             f"{walls[len(walls) // 2]:.1f}", f"{seconds / best['wall']:,.0f}x",
+                             f"{benchlib.median([r['wall'] for r in done]):.1f}",
+                             f"{seconds / best['wall']:,.0f}x",
                              f"{best['cpu']:.1f} ({best['sys']:.1f})",
                              f"{best['cpu'] / hours:.0f}", f"{one / best['wall']:.2f}x",
                              f"{best['bytes'] / 1e6 / hours:.0f}"])
