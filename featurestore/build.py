@@ -117,13 +117,18 @@ def output_files(output: Path, hours_per_file: float | None) -> list[Path]:
     return sorted(output.parent.glob(f"{output.stem}-[0-9][0-9][0-9]{output.suffix}"))
 
 
-WORKER_ENVIRON = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+WORKER_ENVIRON = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+                  "MALLOC_ARENA_MAX": "1"}
 """glibc's allocator settings of extraction workers (the nanny sets them before a worker
 starts; docker/dask.yaml sets the same for clusters users start). Large numpy temporaries
 (a 10-minute clip's STFT is 250 MB) come from the heap and are reused from clip to clip
-instead of being mapped afresh and faulted in page by page: about 25 % less CPU per
-audio-hour (benchmarks/RESULTS.md); at most 1 GiB of freed memory is kept for reuse. Dask's
-own default, ``MALLOC_TRIM_THRESHOLD_=65536``, had the opposite effect: twice the CPU."""
+instead of being mapped afresh and faulted in page by page: at most 1 GiB of freed memory
+is kept for reuse, and every thread allocates from that one heap (Dask runs a task on a
+thread of the worker, and glibc gives threads arenas of their own whose heaps hold at most
+64 MB, so that a larger array was mapped afresh whatever ``MALLOC_MMAP_MAX_`` said). Each
+setting measured (benchmarks/RESULTS.md): about 25 % less CPU per audio-hour for the first
+two in one thread, and half the kernel time of a 2-worker build for the third; Dask's own
+default, ``MALLOC_TRIM_THRESHOLD_=65536``, had the opposite effect: twice the CPU."""
 
 
 @contextlib.contextmanager
