@@ -28,7 +28,7 @@ from featurestore.targets import (
     register,
     resolve,
 )
-from featurestore.targets.pitch import yin_from_power
+from featurestore.targets.pitch import yin_from_power, zero_crossing_rate
 from featurestore.targets.spectral import erb_space, gammatone_weights
 
 SR = 16000
@@ -268,6 +268,13 @@ def test_frame_t_is_centred_on_sample_t_times_hop() -> None:
 
 def test_fit_frames_trims_the_end() -> None:
     np.testing.assert_array_equal(fit_frames(np.arange(10), 7), np.arange(7))
+
+
+def test_fit_frames_trims_without_copying() -> None:
+    """A centred STFT's extra frame is dropped by a view of the spectrogram, not a copy."""
+    spec = np.ones((513, 101), dtype=np.complex64)
+    fitted = fit_frames(spec, 100, axis=1)
+    assert fitted.shape == (513, 100) and np.shares_memory(fitted, spec)
 
 
 def test_fit_frames_edge_pads_the_end() -> None:
@@ -621,6 +628,35 @@ def test_yin_from_power_rejects_bad_input(power: np.ndarray, kwargs: dict, messa
     args = {"sample_rate": SR, "fmin": 40.0, "fmax": 2000.0, **kwargs}
     with pytest.raises(ValueError, match=message):
         yin_from_power(power, **args)
+
+
+# --------------------------------------------------------------------- zero-crossing rate
+
+
+def test_zero_crossing_rate_of_a_tone_is_twice_its_frequency() -> None:
+    """A 1 kHz tone crosses zero 2,000 times a second: 1/8 of the sample pairs at 16 kHz."""
+    zcr = zero_crossing_rate(tone(1000.0, seconds=1.0), 1024, HOP)
+    assert zcr.shape == (1 + SR // HOP,)
+    np.testing.assert_allclose(interior(zcr), 2000.0 / SR, atol=1.0 / 1024)
+
+
+@pytest.mark.parametrize(("n", "frame_length", "hop"),
+                         [(48_000, 1024, 160), (1_001, 1024, 160), (5_000, 1023, 7),
+                          (3_000, 16, 16)])
+def test_zero_crossing_rate_equals_librosas(n: int, frame_length: int, hop: int) -> None:
+    """The same values as librosa's frame-by-frame count, bit for bit, on noise with exact
+    zeros, samples at and just beyond the threshold, a constant stretch, and frames that
+    reach into the edge padding."""
+    import librosa
+
+    y = np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1
+    y[::7], y[::11], y[::13], y[::17] = 0.0, 1e-10, -1e-10, -2e-10
+    y[5:300] = 0.3
+    expected = librosa.feature.zero_crossing_rate(y, frame_length=frame_length,
+                                                  hop_length=hop, center=True)[0]
+    got = zero_crossing_rate(y, frame_length, hop)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
 
 
 # --------------------------------------------------------------------------- silence

@@ -300,11 +300,16 @@ def essentia_standard() -> Any:
 def fit_frames(x: np.ndarray, n_frames: int, axis: int = 0) -> np.ndarray:
     """Trim or edge-pad ``x`` along ``axis`` to exactly ``n_frames`` frames.
 
-    The single place where a library's frame count is fitted to the store's grid.
+    The single place where a library's frame count is fitted to the store's grid. A trimmed
+    or already fitting ``x`` comes back as a view, not a copy: a centred STFT has one frame
+    more than the grid, and copying a 10-minute clip's (250 MB) to drop it cost 9 % of an
+    extraction worker's time.
     """
     have = x.shape[axis]
     if have > n_frames:
-        return np.take(x, np.arange(n_frames), axis=axis)
+        keep = [slice(None)] * x.ndim
+        keep[axis] = slice(0, n_frames)
+        return x[tuple(keep)]
     if have < n_frames:
         if have == 0:
             shape = list(x.shape)
