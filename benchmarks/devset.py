@@ -263,7 +263,9 @@ def dpkg_version(package: str) -> str | None:
         check=False,
     )
     status, _, version = proc.stdout.partition("\t")
-    if proc.returncode != 0 or not status.endswith("installed"):
+    # "install ok installed"; a package dpkg has only heard of reads "unknown ok
+    # not-installed", one removed "deinstall ok config-files"
+    if proc.returncode != 0 or status.split()[-1:] != ["installed"]:
         return None
     return version
 

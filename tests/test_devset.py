@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,21 @@ def test_work_ids() -> None:
     assert devset.work_id("bach/bwv66.6.mxl") == "bach/bwv66"
     assert devset.work_id("beethoven/opus132.mxl") == "beethoven/opus132"
     assert devset.work_id("monteverdi/madrigal.3.4.mxl") == "monteverdi/madrigal.3.4"
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("install ok installed\t1.0.2-6", "1.0.2-6"),
+    ("unknown ok not-installed\t", None),
+    ("deinstall ok config-files\t0.6.3-2", None),
+])
+def test_dpkg_version_is_none_unless_installed(monkeypatch: pytest.MonkeyPatch, status: str,
+                                               expected: str | None) -> None:
+    """dpkg-query knows packages that apt has only heard of ("not-installed") and packages
+    removed with their configuration kept: neither is installed."""
+    monkeypatch.setattr(devset.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(devset.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 0, stdout=status, stderr=""))
+    assert devset.dpkg_version("hedgewars-data") == expected
 
 
 def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
