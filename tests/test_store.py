@@ -394,6 +394,8 @@ def _same_content(a: Path, b: Path) -> None:
         assert np.array_equal(sa.checksums[f"targets/{name}"].digests,
                               sb.checksums[f"targets/{name}"].digests), name
         assert sa.stats[name].count == sb.stats[name].count
+        assert np.array_equal(sa.stats[name].mean, sb.stats[name].mean), name
+        assert np.array_equal(sa.stats[name].m2, sb.stats[name].m2), name
     assert np.array_equal(sa.checksums["waveform"].digests, sb.checksums["waveform"].digests)
 
 
