@@ -3,11 +3,16 @@
 ::
 
     manifest ──partitions──► executor tasks (extract_partition) ──► shards
-             <store>.parts/part-00042.h5 (temp name, then rename) ──► assemble ──► <store>.h5
+             <store>.parts/part-00042.h5 (temp name, then rename) ──► Assembly ──► <store>.h5
 
 Workers that see the output's folder (every worker of a local cluster or process pool, or
 a cluster on a shared filesystem) write their shards themselves and send the client only
 counts; others send the arrays, and the client writes the shards.
+
+A fresh store of one file is assembled while the build runs: the plan fixes its layout,
+and each shard goes in as soon as it and the shards before it are written
+(:class:`_InOrderAssembly`). Otherwise (several files, targets added to a store, a shard
+holding other clips than planned) the shards are assembled after the last partition.
 
 A shard is complete iff its file exists under its final name and its recorded partition
 hash (clip rows and their pieces, file contents, target specs, sample rate, hop) matches: an
@@ -39,6 +44,7 @@ from featurestore.sources import load_manifest
 from featurestore.store import (
     CODE_DTYPE,
     SCHEMA_VERSION,
+    Assembly,
     PartitionResult,
     Store,
     assemble,
@@ -477,16 +483,29 @@ def build(
         hashes = [partition_hash(p, config) for p in parts]
         todo = [i for i, (path, h) in enumerate(zip(shard_paths, hashes, strict=True))
                 if not _shard_is_complete(path, h)]
+        attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source),
+                 "partition_size": partition_size}
         with contextlib.ExitStack() as stack:
+            in_order = None
+            planned = [p.samples for p in pieces if p.samples]
+            if not existing_files and hours_per_file is None and planned:
+                # A fresh store is assembled while the build runs (the plan fixes its
+                # layout), with the assembly at the end as the fallback.
+                in_order = stack.enter_context(_InOrderAssembly(
+                    Assembly(output, n_samples=planned,
+                             specs=config.specs(), hop=hop,
+                             attrs={**attrs, "partitions": json.dumps([0, len(parts)])}),
+                    shard_paths, done=set(range(len(parts))) - set(todo)))
             if todo and executor is None:
                 executor = stack.enter_context(dask_executor(workers, scheduler))
             if todo and shared_filesystem is None:
                 shared_filesystem = _workers_are_local(executor)
             _run_partitions(parts, todo, [p.resolve() for p in shard_paths], hashes, config,
                             executor, strict, progress, worker_timeout, interrupted,
-                            bool(shared_filesystem))
-        interrupted()  # before the store is written
-        if not existing_files:
+                            bool(shared_filesystem), in_order)
+            interrupted()  # before the store is written
+            outputs = [output] if in_order is not None and in_order.finish() else None
+        if outputs is None and not existing_files:
             shards = [open_store(p) for p in shard_paths]
             if not any(s.n_clips for s in shards):
                 # Nothing to store: no output file (a later run would take it as up to date).
@@ -495,9 +514,8 @@ def build(
                 first = f"; first: {errors[0][0]}: {errors[0][1]}" if errors else ""
                 raise FeatureStoreError(
                     f"{source}: no clip could be read ({len(errors)} errors{first})")
-        attrs = {"sample_rate": sample_rate, "hop": hop, "source": str(source),
-                 "partition_size": partition_size}
-        outputs = _assemble(output, shard_paths, existing_files, hours_per_file, attrs)
+        if outputs is None:
+            outputs = _assemble(output, shard_paths, existing_files, hours_per_file, attrs)
         _remove_shards(parts_dir)
         report = _report(outputs, new, len(parts), len(todo), t0)
         report.notes[:0] = notes
@@ -597,9 +615,11 @@ def _run_partitions(
     parts: list[list[Piece]], todo: list[int], shard_paths: list[Path], hashes: list[str],
     config: ExtractConfig, executor: cf.Executor | None, strict: bool, progress: bool,
     worker_timeout: float, interrupted: Callable[[], None], workers_write: bool,
+    in_order: _InOrderAssembly | None = None,
 ) -> None:
     """Run the missing partitions with a bounded number in flight; each task writes its
-    shard (``workers_write``), or the client writes it as the task's result arrives."""
+    shard (``workers_write``), or the client writes it as the task's result arrives; each
+    shard written goes to ``in_order``."""
     from tqdm import tqdm
 
     if not todo:
@@ -651,6 +671,8 @@ def _run_partitions(
                     n_samples = sum(c.n_samples for c in result.clips)
                 else:
                     n_samples = result.n_samples
+                if in_order is not None:
+                    in_order.written(i)
                 audio_seconds += n_samples / config.sample_rate
                 n_errors += len(result.errors)
                 speed = audio_seconds / max(time.perf_counter() - started, 1e-9)
@@ -667,6 +689,52 @@ def _run_partitions(
             for future in running:
                 future.cancel()
         bar.close()
+
+
+class _InOrderAssembly:
+    """Adds a build's shards to an :class:`Assembly` while the build runs: each shard as
+    soon as it and every shard before it are written.
+
+    The assembly's layout is the plan's (every piece's planned sample count). A shard
+    that holds other clips (an input that turned out unusable, an MP3 longer than its
+    header said) ends it: the unfinished file is removed, and the build assembles the
+    store from its shards at the end, as it does a store of several files. A context
+    manager: leaving it removes the file unless :meth:`finish` renamed it.
+    """
+
+    def __init__(self, assembly: Assembly, shard_paths: Sequence[Path], done: set[int]) -> None:
+        self.assembly: Assembly | None = assembly
+        self.shard_paths = shard_paths
+        self.done = set(done)
+        self.next = 0
+
+    def written(self, i: int) -> None:
+        """Shard ``i`` is written: add it, and the written shards after it, if it is next."""
+        self.done.add(i)
+        self._add_ready()
+
+    def _add_ready(self) -> None:
+        while self.assembly is not None and self.next in self.done:
+            if not self.assembly.add(open_store(self.shard_paths[self.next])):
+                self.assembly.discard()
+                self.assembly = None
+            self.next += 1
+
+    def finish(self) -> bool:
+        """Add the shards still waiting (a resumed build's) and write the store; False
+        when the shards did not hold the clips planned."""
+        self._add_ready()
+        if self.assembly is None or not self.assembly.complete:
+            return False
+        self.assembly.finish()
+        return True
+
+    def __enter__(self) -> _InOrderAssembly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.assembly is not None:
+            self.assembly.discard()
 
 
 def _wait_for_any(running: dict[cf.Future[Any], int], executor: cf.Executor,

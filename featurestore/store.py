@@ -48,7 +48,10 @@ schema, so a shard is a small store.
 
 Writing: HDF5 lays every file out in memory (:class:`_FileImage`), where a write cannot
 fail; featurestore then writes those bytes and the large arrays into a temporary file
-with plain ``os.pwrite`` calls and renames it into place. The large arrays start at
+with plain ``os.pwrite`` calls and renames it into place. The large arrays are laid out
+first and the rest of the file (clip table, errors, statistics, checksums) described
+last (:class:`_StoreFile`), so that a store can be filled shard by shard while a build
+still runs (:class:`Assembly`). The large arrays start at
 multiples of 4 KiB and their bytes go to the disk directly (``O_DIRECT``) where the file
 system allows it, not through the page cache (:class:`_ArrayWriter` says why). A full
 disk is therefore an ordinary ``OSError`` in featurestore's own code (turned into one
@@ -1149,18 +1152,13 @@ class _FileImage(io.RawIOBase):
         return [(a, b) for a, b in merged]
 
 
-@dataclass
-class _Bulk:
-    """A large array of a store: laid out by HDF5, its bytes written by featurestore.
+@dataclass(frozen=True)
+class _Array:
+    """A large array of a store file: laid out by HDF5, its bytes written by featurestore."""
 
-    ``pieces`` yields its rows in order, in pieces of bounded size.
-    """
-
-    name: str  # "waveform", "targets/<name>"
+    name: str  # "waveform", "targets/<name>", "affine/<name>"
     shape: tuple[int, ...]
     dtype: np.dtype
-    pieces: Callable[[], Iterable[np.ndarray]]
-    attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def row_bytes(self) -> int:
@@ -1188,16 +1186,14 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
 
 class _Direct:
     """A second descriptor of a file being written, opened with ``O_DIRECT``, and the
-    page-aligned staging buffer its writes go through. ``usable`` turns False for good
-    when the file system refuses a direct write (then everything goes through the page
-    cache)."""
+    page-aligned staging buffers its writes go through (one per array being written at
+    the time, reused). ``usable`` turns False for good when the file system refuses a
+    direct write (then everything goes through the page cache)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        raw = np.empty(_STAGING_BYTES + DIRECT_ALIGNMENT, dtype=np.uint8)
-        skip = -raw.ctypes.data % DIRECT_ALIGNMENT
-        self.stage = raw[skip : skip + _STAGING_BYTES]
         self.usable = True
+        self._stages: list[np.ndarray] = []
 
     @classmethod
     def open(cls, path: Path) -> _Direct | None:
@@ -1211,6 +1207,17 @@ class _Direct:
         except OSError:  # EINVAL: a file system without direct I/O (tmpfs on old kernels)
             return None
 
+    def take_stage(self) -> np.ndarray:
+        """A staging buffer of _STAGING_BYTES, aligned to DIRECT_ALIGNMENT."""
+        if self._stages:
+            return self._stages.pop()
+        raw = np.empty(_STAGING_BYTES + DIRECT_ALIGNMENT, dtype=np.uint8)
+        skip = -raw.ctypes.data % DIRECT_ALIGNMENT
+        return raw[skip : skip + _STAGING_BYTES]
+
+    def give_back(self, stage: np.ndarray) -> None:
+        self._stages.append(stage)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -1218,7 +1225,7 @@ class _Direct:
 class _ArrayWriter:
     """Writes one large array's bytes, in order, from file offset ``at``.
 
-    With a usable :class:`_Direct` and an aligned start, the bytes are gathered in its
+    With a usable :class:`_Direct` and an aligned start, the bytes are gathered in a
     staging buffer and written with ``O_DIRECT`` in aligned pieces, and only an array's
     last partial block goes through the page cache; otherwise every write is a plain
     ``pwrite``. Direct writes keep the page cache out of a build, which writes every byte
@@ -1226,7 +1233,8 @@ class _ArrayWriter:
     the page cache cost 1.9 s of kernel CPU per GB, and 0.04 s directly; the 2-worker
     build became 15 % faster (benchmarks/RESULTS.md, "Writing around the page cache").
     A file system that refuses a direct write (EINVAL) gets the staged bytes again
-    through the page cache, and the rest of the file too.
+    through the page cache, and the rest of the file too. Writers of several arrays of
+    one file may take turns.
     """
 
     def __init__(self, fd: int, direct: _Direct | None, at: int, nbytes: int) -> None:
@@ -1235,14 +1243,19 @@ class _ArrayWriter:
         self.filled = 0
         aligned = at % DIRECT_ALIGNMENT == 0 and nbytes >= DIRECT_MIN_BYTES
         self.direct = direct if aligned else None
+        self.stage: np.ndarray | None = None
 
     def write(self, data: np.ndarray) -> None:
         """Write the next bytes (a 1-D uint8 array)."""
         if self.direct is None or not self.direct.usable:
+            if self.filled:  # staged before another array's direct write was refused
+                self._flush()
             _pwrite_all(self.fd, data, self.at)
             self.at += len(data)
             return
-        stage = self.direct.stage
+        if self.stage is None:
+            self.stage = self.direct.take_stage()
+        stage = self.stage
         done = 0
         while done < len(data):
             take = min(len(data) - done, len(stage) - self.filled)
@@ -1256,10 +1269,14 @@ class _ArrayWriter:
         """Write what is still staged."""
         if self.filled:
             self._flush()
+        if self.stage is not None:
+            assert self.direct is not None
+            self.direct.give_back(self.stage)
+            self.stage = None
 
     def _flush(self) -> None:
-        assert self.direct is not None
-        staged = self.direct.stage[: self.filled]
+        assert self.direct is not None and self.stage is not None
+        staged = self.stage[: self.filled]
         body = self.filled - self.filled % DIRECT_ALIGNMENT if self.direct.usable else 0
         if body:
             try:
@@ -1289,115 +1306,155 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, describe: Callable[[Any], None], bulks: Sequence[_Bulk], *,
-                what: str, kept: str) -> None:
-    """Write a store file: HDF5 lays it out in memory, then its bytes and the arrays' go
-    into ``<path>.tmp-<pid>`` with plain writes (hashed as they are written), and the
-    file is renamed over ``path``.
+class _StoreFile:
+    """A store file being written: its large arrays laid out first, their rows appended
+    in order (one array after another, or a few rows of each in turn), then the rest of
+    the file described and the file renamed into place.
+
+    HDF5 lays the file out in memory (:class:`_FileImage`); its bytes and the arrays'
+    go into ``<path>.tmp-<pid>`` with plain writes (the arrays hashed as they are
+    written), and :meth:`finish` renames the file over ``path``.
 
     Parameters
     ----------
     path : Path
-    describe : callable
-        Writes the root attributes and the small datasets into the open h5py file.
-    bulks : sequence of _Bulk
-        The large arrays, with their attributes besides the checksums.
+    arrays : sequence of _Array
+        The large arrays and their shapes: the file's layout.
     what, kept : str
         For the error message: what is being written, and what is left as it was.
 
     Raises
     ------
     FeatureStoreError
-        The disk is full (or the quota or file-size limit is reached); the temporary
-        file is removed and ``path`` is unchanged. Any other failure, including an
-        interrupt, also removes the temporary file before it propagates.
+        From any method: the disk is full (or the quota or file-size limit is reached);
+        the temporary file is removed and ``path`` is unchanged. Any other failure,
+        including an interrupt, also removes the temporary file before it propagates.
     """
-    h5py = _h5py()
-    image = _FileImage()
-    offsets: dict[str, int | None] = {}
-    blocks: dict[str, int] = {}
-    with h5py.File(image, "w", alignment_threshold=DIRECT_MIN_BYTES,
-                   alignment_interval=DIRECT_ALIGNMENT) as f:
-        describe(f)
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # an offset now, for our writes
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and no bytes written by HDF5
-        for bulk in bulks:
-            dset = f.create_dataset(bulk.name, shape=bulk.shape, dtype=bulk.dtype, dcpl=dcpl)
-            for k, v in bulk.attrs.items():
-                dset.attrs[k] = v
-            blocks[bulk.name] = _block_rows(bulk.shape[0], bulk.row_bytes)
-            n_blocks = max(1, -(-bulk.shape[0] // blocks[bulk.name]))
-            _set_checksums(dset, blocks[bulk.name], np.zeros(n_blocks, dtype=np.uint64))
-            offsets[bulk.name] = dset.id.get_offset()
-    need = image.size
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    fd: int | None = None
-    direct: _Direct | None = None
-    try:
-        free = _free_bytes(path.parent)
-        if free is not None and free < need:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
-        with contextlib.suppress(FileNotFoundError):  # a rewrite keeps the file's mode
-            os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
-        os.ftruncate(fd, image.size)
-        for start, stop in image.take_written():
-            _pwrite_all(fd, image.read_range(start, stop), start)
-        direct = _Direct.open(tmp)
-        digests = {bulk.name: _write_bulk(fd, direct, path, bulk, offsets[bulk.name],
-                                          blocks[bulk.name]) for bulk in bulks}
-        if direct is not None:
-            direct.close()
-            direct = None
-        with h5py.File(image, "r+") as f:  # the placeholders take the real digests
-            for name, d in digests.items():
-                f[name].attrs.modify("checksums", d)
-        os.ftruncate(fd, image.size)
-        for start, stop in image.take_written():
-            _pwrite_all(fd, image.read_range(start, stop), start)
-        os.fsync(fd)
-        os.close(fd)
-        fd = None
-        os.replace(tmp, path)
-    except BaseException as e:
-        if direct is not None:
-            direct.close()
-        if fd is not None:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _WRITE_ERRORS:
+
+    def __init__(self, path: Path, arrays: Sequence[_Array], *, what: str,
+                 kept: str) -> None:
+        h5py = _h5py()
+        self.path, self.what, self.kept = path, what, kept
+        self.arrays = {a.name: a for a in arrays}
+        self.rows = dict.fromkeys(self.arrays, 0)
+        self.image = _FileImage()
+        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        self.fd: int | None = None
+        self.direct: _Direct | None = None
+        self.open = True
+        offsets: dict[str, int | None] = {}
+        self.hashers: dict[str, _BlockHasher] = {}
+        with h5py.File(self.image, "w", alignment_threshold=DIRECT_MIN_BYTES,
+                       alignment_interval=DIRECT_ALIGNMENT) as f:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # an offset now, for our writes
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # and no bytes written by HDF5
+            for a in arrays:
+                dset = f.create_dataset(a.name, shape=a.shape, dtype=a.dtype, dcpl=dcpl)
+                block = _block_rows(a.shape[0], a.row_bytes)
+                # Placeholders of the digests' final size, rewritten in place by finish.
+                _set_checksums(dset, block, np.zeros(max(1, -(-a.shape[0] // block)),
+                                                     dtype=np.uint64))
+                self.hashers[a.name] = _BlockHasher(block * a.row_bytes)
+                offsets[a.name] = dset.id.get_offset()
+        with self._failing():
             free = _free_bytes(path.parent)
-            room = f"{format_bytes(need)} needed" + (
-                f", {format_bytes(free)} free in {path.parent}"
-                if free is not None and e.errno == errno.ENOSPC else "")
-            raise FeatureStoreError(f"{path}: {_WRITE_ERRORS[e.errno]} while writing {what} "
-                                    f"({room}); {kept}") from None
-        raise
-    _fsync_folder(path.parent)
+            if free is not None and free < self.image.size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            with contextlib.suppress(FileNotFoundError):  # a rewrite keeps the file's mode
+                os.fchmod(self.fd, stat.S_IMODE(os.stat(path).st_mode))
+            self._write_image()
+            self.direct = _Direct.open(self.tmp)
+        self.writers = {a.name: _ArrayWriter(self.fd, self.direct, offsets[a.name] or 0,
+                                             a.shape[0] * a.row_bytes) for a in arrays}
 
+    def append(self, name: str, rows: np.ndarray) -> None:
+        """Write the next rows of array ``name`` (cast to its dtype)."""
+        with self._failing():
+            a = self.arrays[name]
+            x = np.ascontiguousarray(rows, dtype=a.dtype)
+            if x.shape[1:] != a.shape[1:] or self.rows[name] + len(x) > a.shape[0]:
+                raise FeatureStoreError(
+                    f"{self.path}: /{name} gets more rows than the {a.shape[0]} expected, "
+                    f"or rows of shape {x.shape[1:]}")
+            data = x.reshape(-1).view(np.uint8)
+            if len(data):
+                self.hashers[name].update(data)
+                self.writers[name].write(data)
+            self.rows[name] += len(x)
 
-def _write_bulk(fd: int, direct: _Direct | None, path: Path, bulk: _Bulk,
-                offset: int | None, block_rows: int) -> np.ndarray:
-    """Write one large array's pieces at ``offset``; return its block digests."""
-    hasher = _BlockHasher(block_rows * bulk.row_bytes)
-    writer = _ArrayWriter(fd, direct, offset or 0, bulk.shape[0] * bulk.row_bytes)
-    rows = 0
-    for piece in bulk.pieces():
-        x = np.ascontiguousarray(piece, dtype=bulk.dtype)
-        if x.shape[1:] != bulk.shape[1:] or rows + len(x) > bulk.shape[0]:
-            raise FeatureStoreError(f"{path}: /{bulk.name} gets more rows than the "
-                                    f"{bulk.shape[0]} expected, or rows of shape {x.shape[1:]}")
-        data = x.reshape(-1).view(np.uint8)
-        if len(data):
-            hasher.update(data)
-            writer.write(data)
-        rows += len(x)
-    writer.close()
-    if rows != bulk.shape[0]:
-        raise FeatureStoreError(f"{path}: /{bulk.name} has {rows} rows, {bulk.shape[0]} "
-                                "expected")
-    return hasher.finish()
+    def finish(self, describe: Callable[[Any], None],
+               attrs: dict[str, dict[str, Any]]) -> None:
+        """Describe the rest of the file, make it durable and rename it over ``path``.
+
+        Parameters
+        ----------
+        describe : callable
+            Writes the root attributes and the small datasets into the open h5py file.
+        attrs : dict
+            Attributes of the large arrays (besides their checksums), by array name.
+        """
+        with self._failing():
+            for name, a in self.arrays.items():
+                if self.rows[name] != a.shape[0]:
+                    raise FeatureStoreError(f"{self.path}: /{name} has {self.rows[name]} rows, "
+                                            f"{a.shape[0]} expected")
+            for writer in self.writers.values():
+                writer.close()
+            with _h5py().File(self.image, "r+") as f:
+                describe(f)
+                for name, hasher in self.hashers.items():
+                    f[name].attrs.modify("checksums", hasher.finish())
+                    for k, v in attrs.get(name, {}).items():
+                        f[name].attrs[k] = v
+            self._write_image()
+            assert self.fd is not None
+            os.fsync(self.fd)
+            self._close()
+            os.replace(self.tmp, self.path)
+            self.open = False
+        _fsync_folder(self.path.parent)
+
+    def discard(self) -> None:
+        """Remove the temporary file (a no-op once finished or discarded)."""
+        self._close()
+        if self.open:
+            self.tmp.unlink(missing_ok=True)
+            self.open = False
+
+    def _write_image(self) -> None:
+        assert self.fd is not None
+        os.ftruncate(self.fd, self.image.size)
+        for start, stop in self.image.take_written():
+            _pwrite_all(self.fd, self.image.read_range(start, stop), start)
+
+    def _close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Remove the temporary file on any failure; a write error becomes one line."""
+        if not self.open:
+            raise FeatureStoreError(f"{self.path}: written or discarded already")
+        try:
+            yield
+        except BaseException as e:
+            self.discard()
+            if isinstance(e, OSError) and e.errno in _WRITE_ERRORS:
+                free = _free_bytes(self.path.parent)
+                room = f"{format_bytes(self.image.size)} needed" + (
+                    f", {format_bytes(free)} free in {self.path.parent}"
+                    if free is not None and e.errno == errno.ENOSPC else "")
+                raise FeatureStoreError(
+                    f"{self.path}: {_WRITE_ERRORS[e.errno]} while writing {self.what} "
+                    f"({room}); {self.kept}") from None
+            raise
 
 
 def _columns_of(clips: Sequence[Clip], n_samples: Sequence[int], sha1: Sequence[str],
@@ -1436,28 +1493,37 @@ def write_shard(path: str | os.PathLike[str], result: PartitionResult,
     cols = _columns_of([r.clip for r in rows], [r.n_samples for r in rows],
                        [r.sha1 for r in rows], hop)
     waves = [r.waveform for r in rows if r.waveform is not None]
-    bulks = [_Bulk("waveform", (sum(len(w) for w in waves),), np.dtype(np.int16),
-                   lambda: iter(waves))]
+    content: list[tuple[_Array, list[np.ndarray]]] = [
+        (_Array("waveform", (sum(len(w) for w in waves),), np.dtype(np.int16)), waves)]
+    array_attrs = {}
     for spec in specs:
         arrays = [r.targets[spec.name] for r in rows]
-        total = Stats.combine((r.stats[spec.name] for r in rows), spec.dim)
-        bulks.append(_Bulk(f"targets/{spec.name}", (sum(len(a) for a in arrays), spec.dim),
-                           np.dtype(spec.dtype), lambda arrays=arrays: iter(arrays),
-                           _target_attrs(spec, total)))
+        name = f"targets/{spec.name}"
+        content.append((_Array(name, (sum(len(a) for a in arrays), spec.dim),
+                               np.dtype(spec.dtype)), arrays))
+        array_attrs[name] = _target_attrs(
+            spec, Stats.combine((r.stats[spec.name] for r in rows), spec.dim))
         if _is_coded(spec):
-            affines = [r.affine[spec.name][None] for r in rows]
-            bulks.append(_Bulk(f"affine/{spec.name}", (len(rows), 2, spec.dim),
-                               np.dtype(np.float32), lambda affines=affines: iter(affines)))
+            content.append((_Array(f"affine/{spec.name}", (len(rows), 2, spec.dim),
+                                   np.dtype(np.float32)),
+                            [r.affine[spec.name][None] for r in rows]))
 
     def describe(f: Any) -> None:
         _root_attrs(f, {"sample_rate": sample_rate, "hop": hop, **attrs})
         _write_columns(f, cols)
-        f.create_group("targets")
+        f.require_group("targets")
         _write_errors(f, result.errors)
 
-    _write_file(path, describe, bulks, what="a shard",
-                kept="the store is unchanged and finished shards are kept: free some space "
-                     "and run the same command to resume")
+    out = _StoreFile(path, [a for a, _ in content], what="a shard",
+                     kept="the store is unchanged and finished shards are kept: free some "
+                          "space and run the same command to resume")
+    try:
+        for a, pieces in content:
+            for piece in pieces:
+                out.append(a.name, piece)
+        out.finish(describe, array_attrs)
+    finally:
+        out.discard()  # after a failure (finished: a no-op)
 
 
 def _checked_rows(store: Store, name: str, x: np.ndarray, rows_per_piece: int
@@ -1501,13 +1567,155 @@ def _check_columns(store: Store) -> None:
                                     "(remove it and run the build again)")
 
 
-def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[str]], *,
-             base: str | os.PathLike[str] | None = None, attrs: dict[str, Any]) -> None:
-    """Concatenate shard files into one contiguous store, written under a temporary name
-    and renamed over ``output`` (readers holding the old file keep valid memory maps).
+class Assembly:
+    """A store written from shards added one after another, in clip order: the layout is
+    fixed from the clips' sample counts before the first shard is added, so that a build
+    can add each shard as soon as it and the shards before it are written, while later
+    partitions are still being extracted, and finish the store moments after the last.
 
     Every block read from a shard or the base store is checked against their checksums;
-    the output gets checksums of the bytes it is written with.
+    the output gets checksums of the bytes it is written with. The file is written under
+    a temporary name and renamed over ``output`` by :meth:`finish` (readers holding the
+    old file keep valid memory maps); :meth:`discard` removes it.
+
+    Parameters
+    ----------
+    output : path-like
+    n_samples : sequence of int
+        Samples of each clip the store will hold, in order (the shards' clips, or the
+        base's). A shard whose clips have other counts is refused by :meth:`add`.
+    specs : sequence of TargetSpec
+        The targets to take from the shards.
+    hop : int
+    attrs : dict
+        Root attributes for the output (sample_rate, hop, source, ...).
+    base : Store, optional
+        An existing store whose clips, waveform and targets are kept; the shards then add
+        targets for exactly its clips, in the same order.
+
+    Raises
+    ------
+    FeatureStoreError
+        From any method: a shard or the base store is damaged (a checksum differs), or
+        the disk is full (or a quota or file-size limit is reached): then no file is left
+        behind and the previous ``output`` is as it was.
+    """
+
+    def __init__(self, output: str | os.PathLike[str], *, n_samples: Sequence[int],
+                 specs: Sequence[TargetSpec], hop: int, attrs: dict[str, Any],
+                 base: Store | None = None) -> None:
+        self.output = Path(output)
+        self.n_samples = [int(n) for n in n_samples]
+        self.hop = hop
+        self.attrs = attrs
+        self.base = base
+        self.specs = [s for s in specs if base is None or s.name not in base.specs]
+        self.added = 0  # clips
+        self.columns: dict[str, list[Any]] = {c: [] for c in (*STRING_COLUMNS, "n_samples")}
+        self.errors: list[tuple[str, str]] = []
+        self.stats = {s.name: Stats.combine((), s.dim) for s in self.specs}
+        every = [*(base.specs.values() if base is not None else ()), *self.specs]
+        n_frames = sum(n // hop for n in self.n_samples)
+        arrays = [_Array("waveform", (sum(self.n_samples),), np.dtype(np.int16))]
+        for spec in every:
+            rows = len(self.n_samples) if spec.rate == "clip" else n_frames
+            arrays.append(_Array(f"targets/{spec.name}", (rows, spec.dim),
+                                 np.dtype(spec.dtype)))
+            if _is_coded(spec):
+                arrays.append(_Array(f"affine/{spec.name}", (len(self.n_samples), 2, spec.dim),
+                                     np.dtype(np.float32)))
+        kept = ("the previous store is unchanged" if self.output.exists()
+                else "no store was written")
+        self.file = _StoreFile(self.output, arrays, what="the store", kept=kept)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the shards added hold every clip of the layout."""
+        return self.added == len(self.n_samples)
+
+    def add(self, shard: Store) -> bool:
+        """Copy the next shard's rows; False (nothing copied) when its clips are not the
+        next ones of the layout: other sample counts, or other ids than the base's. (A
+        shard holding fewer clips than its partition planned is seen at the next shard
+        that no longer fits, or at the end, when the assembly is not :attr:`complete`.)"""
+        n = shard.n_clips
+        if self.base is not None:
+            fits = shard.clips["id"].tolist() == self.base.clips["id"][
+                self.added : self.added + n].tolist()
+        else:
+            fits = shard.clips["n_samples"].tolist() == self.n_samples[
+                self.added : self.added + n]
+        if not fits:
+            return False
+        try:
+            if self.base is None:
+                _check_columns(shard)
+                for c in self.columns:
+                    self.columns[c].extend(shard.clips[c].tolist())
+                self.errors += shard.errors
+                self._copy(shard, "waveform", shard.waveform, 1 << 22)
+            for spec in self.specs:
+                self.stats[spec.name] += shard.stats[spec.name]
+                self._copy(shard, f"targets/{spec.name}", shard.targets[spec.name], 1 << 16)
+                if _is_coded(spec):
+                    self._copy(shard, f"affine/{spec.name}", shard.affine[spec.name], 1 << 12)
+        except BaseException:
+            self.discard()
+            raise
+        self.added += n
+        return True
+
+    def finish(self) -> None:
+        """Copy the base's arrays (if any), describe the store and rename it into place."""
+        try:
+            if not self.complete:
+                raise FeatureStoreError(f"{self.output}: {self.added} of "
+                                        f"{len(self.n_samples)} clips added")
+            base = self.base
+            if base is not None:
+                _check_columns(base)
+                columns = {c: base.clips[c].tolist() for c in self.columns}
+                errors = base.errors
+                self._copy(base, "waveform", base.waveform, 1 << 22)
+                for name in base.specs:
+                    self._copy(base, f"targets/{name}", base.targets[name], 1 << 16)
+                    if _is_coded(base.specs[name]):
+                        self._copy(base, f"affine/{name}", base.affine[name], 1 << 12)
+            else:
+                columns, errors = self.columns, self.errors
+            clips = [Clip(i, p, la, sp, g) for i, p, la, sp, g in zip(
+                columns["id"], columns["path"], columns["label"], columns["split"],
+                columns["group"], strict=True)]
+            cols = _columns_of(clips, columns["n_samples"], columns["sha1"], self.hop)
+            cols["meta"] = columns["meta"]
+            specs = {**(base.specs if base is not None else {}),
+                     **{s.name: s for s in self.specs}}
+            stats = {**(base.stats if base is not None else {}), **self.stats}
+
+            def describe(f: Any) -> None:
+                _root_attrs(f, self.attrs)
+                _write_columns(f, cols)
+                f.require_group("targets")
+                _write_errors(f, errors)
+
+            self.file.finish(describe, {f"targets/{name}": _target_attrs(spec, stats[name])
+                                        for name, spec in specs.items()})
+        finally:
+            self.file.discard()  # after a failure (finished: a no-op)
+
+    def discard(self) -> None:
+        """Remove the unfinished file; ``output`` stays as it was."""
+        self.file.discard()
+
+    def _copy(self, store: Store, name: str, x: np.ndarray, rows_per_piece: int) -> None:
+        for piece in _checked_rows(store, name, x, rows_per_piece):
+            self.file.append(name, piece)
+
+
+def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[str]], *,
+             base: str | os.PathLike[str] | None = None, attrs: dict[str, Any]) -> None:
+    """Concatenate shard files into one contiguous store (an :class:`Assembly` of every
+    shard at once).
 
     Parameters
     ----------
@@ -1539,63 +1747,22 @@ def assemble(output: str | os.PathLike[str], shards: Sequence[str | os.PathLike[
     if "files" in attrs and _place(attrs["files"]) is None:
         raise FeatureStoreError(f"{output}: attribute 'files' must be JSON [k, K] with "
                                 f"0 <= k < K, got {attrs['files']!r}")
-    rows_from = [base_store] if base_store is not None else parts
-    columns: dict[str, list[Any]] = {c: [] for c in STRING_COLUMNS + INT_COLUMNS}
-    for s in rows_from:
-        for c in (*STRING_COLUMNS, "n_samples"):
-            columns[c].extend(s.clips[c].tolist())
-    clips = [Clip(i, p, la, sp, g) for i, p, la, sp, g in zip(
-        columns["id"], columns["path"], columns["label"], columns["split"], columns["group"],
-        strict=True)]
-    cols = _columns_of(clips, columns["n_samples"], columns["sha1"], attrs["hop"])
-    cols["meta"] = columns["meta"]
     if base_store is not None:
         new_ids = [i for p in parts for i in p.clips["id"].tolist()]
-        if new_ids != columns["id"]:
+        stored = base_store.clips["id"].tolist()
+        if new_ids != stored:
             raise FeatureStoreError(
                 f"{base}: the source's clips no longer match the store's "
-                f"({len(new_ids)} extracted vs {len(columns['id'])} stored); rebuild the store"
-            )
-    errors = [e for s in rows_from for e in s.errors]
-    total_samples = int(np.sum(cols["n_samples"])) if cols["n_samples"] else 0
-    total_frames = int(np.sum(cols["n_frames"])) if cols["n_frames"] else 0
-    n_clips = len(clips)
-    # Each target comes from the base store when it has it, else from the shards.
-    specs: dict[str, TargetSpec] = {}
-    sources: dict[str, list[Store]] = {}
-    if base_store is not None:
-        specs.update(base_store.specs)
-        sources.update({name: [base_store] for name in base_store.specs})
-    for name, spec in (parts[0].specs.items() if parts else ()):
-        if name not in specs:
-            specs[name], sources[name] = spec, list(parts)
-    for s in rows_from:
-        _check_columns(s)
-    bulks = [_Bulk("waveform", (total_samples,), np.dtype(np.int16), lambda: (
-        piece for s in rows_from for piece in _checked_rows(s, "waveform", s.waveform, 1 << 22)))]
-    for name, spec in specs.items():
-        rows = n_clips if spec.rate == "clip" else total_frames
-        total = Stats.combine((s.stats[name] for s in sources[name]), spec.dim)
-        bulks.append(_Bulk(
-            f"targets/{name}", (rows, spec.dim), np.dtype(spec.dtype),
-            lambda name=name: (piece for s in sources[name] for piece in
-                               _checked_rows(s, f"targets/{name}", s.targets[name], 1 << 16)),
-            _target_attrs(spec, total)))
-        if _is_coded(spec):
-            bulks.append(_Bulk(
-                f"affine/{name}", (n_clips, 2, spec.dim), np.dtype(np.float32),
-                lambda name=name: (piece for s in sources[name] for piece in
-                                   _checked_rows(s, f"affine/{name}", s.affine[name], 1 << 12))))
-
-    def describe(f: Any) -> None:
-        _root_attrs(f, attrs)
-        _write_columns(f, cols)
-        f.create_group("targets")
-        _write_errors(f, errors)
-
-    kept = "the previous store is unchanged" if output.exists() else "no store was written"
-    _write_file(output, describe, bulks, what="the store", kept=kept)
-
+                f"({len(new_ids)} extracted vs {len(stored)} stored); rebuild the store")
+        n_samples = base_store.clips["n_samples"].tolist()
+    else:
+        n_samples = [n for p in parts for n in p.clips["n_samples"].tolist()]
+    assembly = Assembly(output, n_samples=n_samples,
+                        specs=list(parts[0].specs.values()) if parts else [],
+                        hop=attrs["hop"], attrs=attrs, base=base_store)
+    for part in parts:
+        assembly.add(part)
+    assembly.finish()
 
 
 # ---------------------------------------------------------------------------- checking

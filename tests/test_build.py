@@ -26,11 +26,12 @@ from conftest import (
     assert_same_store,
     group_gone,
     kill_group,
+    tone,
     write_wav,
 )
 
 from featurestore import FeatureStoreError, build, open_store, open_stores, verify
-from featurestore.store import combined_stats
+from featurestore.store import Assembly, combined_stats
 from featurestore.targets import REGISTRY
 
 
@@ -197,6 +198,94 @@ def test_build_survives_losing_a_worker(slow_corpus: Path, local_slow_store: Pat
         cluster.stop()
     assert (report.partitions_total, report.partitions_computed) == (KILL_CLIPS, KILL_CLIPS)
     assert_same_store(out, local_slow_store)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+class _RecordedAssembly(Assembly):
+    """An Assembly that records what each :meth:`add` returned."""
+
+    results: list[bool] = []
+
+    def add(self, shard: Any) -> bool:
+        ok = super().add(shard)
+        self.results.append(ok)
+        return ok
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    results: list[bool] = []
+    monkeypatch.setattr(_RecordedAssembly, "results", results)
+    monkeypatch.setattr(importlib.import_module("featurestore.build"), "Assembly",
+                        _RecordedAssembly)
+    return results
+
+
+def test_a_fresh_store_is_assembled_while_partitions_run(
+        tmp_path: Path, recorded: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each shard goes into the store as soon as the shards before it are in: when the
+    last of four partitions starts on a one-thread pool (two tasks in flight), at least
+    two shards are in the store's temporary file already."""
+    module = importlib.import_module("featurestore.build")
+    root = tmp_path / "audio"
+    for k in range(4):
+        write_wav(root / f"{k}.wav", tone(220.0 * (k + 1), 1.0))
+    out = tmp_path / "s.h5"
+    seen: list[tuple[int, list[str]]] = []
+    real = module.extract_to_shard
+
+    def extract(part: Any, *args: Any) -> Any:
+        seen.append((len(recorded), [p.name for p in tmp_path.glob("s.h5.tmp-*")]))
+        return real(part, *args)
+
+    monkeypatch.setattr(module, "extract_to_shard", extract)
+    with ThreadPoolExecutor(1) as pool:
+        report = build(str(root), out, targets="onset,chroma", executor=pool,
+                       partition_size=1, progress=False)
+    assert report.n_clips == 4 and report.errors == []
+    assert recorded == [True] * 4
+    assert [names for _, names in seen] == [[f"s.h5.tmp-{os.getpid()}"]] * 4
+    assert seen[-1][0] >= 2
+    assert verify(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "s.h5"]
+
+
+@pytest.mark.parametrize(("seconds", "results"), [
+    ((1.0, 1.5, 2.0), [True, True, False]),  # the last shard's clip is not the one planned
+    ((1.0, 1.0, 1.0), [True, True, True]),  # it is as long: one clip short at the end
+], ids=["seen-at-the-next-shard", "seen-at-the-end"])
+def test_shards_unlike_the_plan_are_assembled_at_the_end(
+        seconds: tuple[float, ...], results: list[bool], tmp_path: Path,
+        recorded: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file rewritten after the build planned it is refused by its piece, so that the
+    shards hold one clip fewer than planned: the store being written while the build runs
+    is dropped, and the store is assembled from the shards at the end."""
+    module = importlib.import_module("featurestore.build")
+    root = tmp_path / "audio"
+    for k, length in enumerate(seconds):
+        write_wav(root / f"{k}.wav", tone(220.0 * (k + 1), length))
+    real_plan = module.plan_pieces
+
+    def plan_then_rewrite(*args: Any) -> Any:
+        pieces = real_plan(*args)
+        write_wav(root / "1.wav", tone(990.0, seconds[1]))
+        return pieces
+
+    monkeypatch.setattr(module, "plan_pieces", plan_then_rewrite)
+    out = tmp_path / "s.h5"
+    with ThreadPoolExecutor(1) as pool:
+        report = build(str(root), out, targets="onset", executor=pool, partition_size=1,
+                       progress=False)
+    assert recorded == results
+    store = open_store(out)
+    assert store.clips["id"].tolist() == ["0", "2"]
+    assert store.errors == [(str(root / "1.wav"), "changed while the build ran (its content "
+                             "differs from when the build was planned); run the build again")]
+    assert report.errors == store.errors
+    assert verify(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "s.h5"]
 
 
 # --------------------------------------------------------------------------- add targets

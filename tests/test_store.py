@@ -21,7 +21,18 @@ import featurestore.store
 from featurestore import FeatureStoreError, open_store, open_stores, verify
 from featurestore.audio import decode
 from featurestore.cli import main
-from featurestore.store import SCHEMA_VERSION, Stats, TargetSpec, assemble, combined_stats
+from featurestore.store import (
+    SCHEMA_VERSION,
+    Assembly,
+    ClipArrays,
+    PartitionResult,
+    Stats,
+    Store,
+    TargetSpec,
+    assemble,
+    combined_stats,
+    write_shard,
+)
 from featurestore.targets import DecodedClip, resolve
 
 TARGET_NAMES = MAIN_TARGETS.split(",")
@@ -425,3 +436,74 @@ def test_direct_writes_store_the_same_bytes(built_store: Path, tmp_path: Path, h
         assert writes.refused == 1 and len(writes.direct) == 2  # none after the refusal
     else:
         assert writes.direct_fds == set() and writes.direct == []
+
+
+def _shards_of(store: Store, size: int, folder: Path) -> list[Path]:
+    """The store cut back into shards of ``size`` clips each (its build's partitions)."""
+    paths = []
+    for first in range(0, store.n_clips, size):
+        rows = []
+        for i in range(first, min(first + size, store.n_clips)):
+            targets = {name: np.asarray(store.frames_of(name, i)) for name in store.targets}
+            rows.append(ClipArrays(store.clip(i), int(store.clips["n_samples"][i]),
+                                   str(store.clips["sha1"][i]), store.waveform_of(i), targets,
+                                   {name: Stats.of(x) for name, x in targets.items()}))
+        paths.append(folder / f"part-{first // size:05d}.h5")
+        write_shard(paths[-1], PartitionResult(rows), list(store.specs.values()),
+                    sample_rate=store.sample_rate, hop=store.hop, attrs={})
+    return paths
+
+
+@pytest.mark.parametrize("refuse", [None, 1, 4, 9, 25])
+def test_shards_added_one_at_a_time_store_the_same_bytes(
+        built_store: Path, tmp_path: Path, refuse: int | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Assembly given the built store's three shards one after another (as a build
+    gives them while it runs) writes a few rows of each array in turn, each array through
+    its own staging buffer of three blocks. Whether every write goes to the disk directly
+    or the file system refuses the 1st, 4th, 9th or 25th direct write (then the staged
+    bytes of the other arrays, and everything after, go through the page cache), the
+    store holds the same bytes as the one the shards were cut from."""
+    s = open_store(built_store)
+    shards = _shards_of(s, int(s.attrs["partition_size"]), tmp_path)
+    align = featurestore.store.DIRECT_ALIGNMENT
+    monkeypatch.setattr(featurestore.store, "_STAGING_BYTES", 3 * align)
+    monkeypatch.setattr(featurestore.store, "DIRECT_MIN_BYTES", align)  # every target too
+    writes = _Writes(monkeypatch, refuse=refuse)
+    out = tmp_path / "out.h5"
+    assembly = Assembly(out, n_samples=s.clips["n_samples"].tolist(),
+                        specs=list(s.specs.values()), hop=HOP,
+                        attrs={"sample_rate": SR, "hop": HOP, "source": "test"})
+    for k, shard in enumerate(shards):
+        assert assembly.add(open_store(shard))
+        assert assembly.complete == (k == len(shards) - 1)
+    assembly.finish()
+    _same_content(out, built_store)
+    assert open_store(out).clips["id"].tolist() == s.clips["id"].tolist()
+    assert verify(out) == []
+    if refuse is None:
+        assert writes.refused == 0 and len(writes.direct) > 20
+    else:
+        assert writes.refused == 1 and len(writes.direct) == refuse - 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [p.name for p in shards] + ["out.h5"])
+
+
+def test_assembly_refuses_a_shard_it_was_not_planned_for(built_store: Path,
+                                                          tmp_path: Path) -> None:
+    """A shard whose clips have other sample counts than the next ones planned is refused
+    with nothing written; the assembly is then incomplete, and discarding it leaves no
+    file."""
+    s = open_store(built_store)
+    first, second, _ = _shards_of(s, 3, tmp_path)
+    planned = s.clips["n_samples"].tolist()
+    out = tmp_path / "out.h5"
+    assembly = Assembly(out, n_samples=[*planned[:4], planned[4] + 1, *planned[5:]],
+                        specs=list(s.specs.values()), hop=HOP,
+                        attrs={"sample_rate": SR, "hop": HOP, "source": "test"})
+    assert assembly.add(open_store(first))
+    assert not assembly.add(open_store(second))
+    assert not assembly.complete
+    with pytest.raises(FeatureStoreError, match=r"out\.h5: 3 of 8 clips added$"):
+        assembly.finish()
+    assert not out.exists() and not list(tmp_path.glob("out.h5.tmp-*"))
