@@ -1,4 +1,5 @@
-"""Small stores for the trainer's tests, built through the real featurestore build."""
+"""Small stores for the tests, built through the real featurestore build, and a built
+store's clips as an extraction result (:func:`partition_of`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import soundfile as sf
 
 import featurestore
+from featurestore.store import ClipArrays, PartitionResult, Stats, Store, TargetSpec
 
 NOTE_NAMES = ("C", "D", "E", "F", "G", "A")
 
@@ -54,3 +56,14 @@ def build_store(source: Path, output: Path, targets: str) -> Path:
         featurestore.build(source, output, targets=targets, executor=pool, partition_size=4,
                            progress=False)
     return output
+
+
+def partition_of(store: Store, rows: list[int],
+                 errors: list[tuple[str, str]]) -> tuple[PartitionResult, list[TargetSpec]]:
+    """Clips of a built store as an extraction result, and the target specs."""
+    clips = [ClipArrays(store.clip(i), int(store.clips["n_samples"][i]),
+                        store.clips["sha1"][i], np.array(store.waveform_of(i)),
+                        {n: np.array(store.frames_of(n, i)) for n in store.targets},
+                        {n: Stats.of(store.frames_of(n, i)) for n in store.targets})
+             for i in rows]
+    return PartitionResult(clips, errors), list(store.specs.values())

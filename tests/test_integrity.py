@@ -24,16 +24,12 @@ import pytest
 import xxhash
 from click.testing import CliRunner
 from conftest import HOP, SR, tmpfs
+from stores import partition_of
 
 import featurestore.store
 from featurestore import FeatureStoreError, open_store, open_stores, verify
 from featurestore.cli import main
 from featurestore.store import (
-    ClipArrays,
-    PartitionResult,
-    Stats,
-    Store,
-    TargetSpec,
     assemble,
     write_shard,
 )
@@ -517,17 +513,6 @@ def test_assemble_over_a_store_on_a_full_disk(built_store: Path, tmp_path: Path,
         assert sorted(p.name for p in disk.iterdir()) == ["main.h5"]
         assert filecmp.cmp(out, built_store, shallow=False)
         assert verify(out) == []
-
-
-def partition_of(store: Store, rows: list[int],
-                 errors: list[tuple[str, str]]) -> tuple[PartitionResult, list[TargetSpec]]:
-    """Clips of a built store as an extraction result, and the target specs."""
-    clips = [ClipArrays(store.clip(i), int(store.clips["n_samples"][i]),
-                        store.clips["sha1"][i], np.array(store.waveform_of(i)),
-                        {n: np.array(store.frames_of(n, i)) for n in store.targets},
-                        {n: Stats.of(store.frames_of(n, i)) for n in store.targets})
-             for i in rows]
-    return PartitionResult(clips, errors), list(store.specs.values())
 
 
 @pytest.mark.parametrize("early", [True, False], ids=["refused-early", "write-fails"])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import HOP, MAIN_TARGETS, SR, Corpus, quantise
+from stores import partition_of
 from threadpoolctl import threadpool_limits
 
 import featurestore.store
@@ -24,8 +25,6 @@ from featurestore.cli import main
 from featurestore.store import (
     SCHEMA_VERSION,
     Assembly,
-    ClipArrays,
-    PartitionResult,
     Stats,
     Store,
     TargetSpec,
@@ -442,15 +441,11 @@ def _shards_of(store: Store, size: int, folder: Path) -> list[Path]:
     """The store cut back into shards of ``size`` clips each (its build's partitions)."""
     paths = []
     for first in range(0, store.n_clips, size):
-        rows = []
-        for i in range(first, min(first + size, store.n_clips)):
-            targets = {name: np.asarray(store.frames_of(name, i)) for name in store.targets}
-            rows.append(ClipArrays(store.clip(i), int(store.clips["n_samples"][i]),
-                                   str(store.clips["sha1"][i]), store.waveform_of(i), targets,
-                                   {name: Stats.of(x) for name, x in targets.items()}))
+        result, specs = partition_of(store, list(range(first, min(first + size,
+                                                                  store.n_clips))), [])
         paths.append(folder / f"part-{first // size:05d}.h5")
-        write_shard(paths[-1], PartitionResult(rows), list(store.specs.values()),
-                    sample_rate=store.sample_rate, hop=store.hop, attrs={})
+        write_shard(paths[-1], result, specs, sample_rate=store.sample_rate, hop=store.hop,
+                    attrs={})
     return paths
 
 
