@@ -1474,6 +1474,21 @@ def _columns_of(clips: Sequence[Clip], n_samples: Sequence[int], sha1: Sequence[
     }
 
 
+def _layout(specs: Iterable[TargetSpec], *, n_clips: int, n_frames: int,
+            n_samples: int) -> list[_Array]:
+    """The large arrays of a store or shard of ``n_clips`` clips, in file order: the
+    waveform (``n_samples`` samples), each target (a row per frame, or per clip), and the
+    offsets and scales of each target stored as 8-bit codes."""
+    arrays = [_Array("waveform", (n_samples,), np.dtype(np.int16))]
+    for spec in specs:
+        rows = n_clips if spec.rate == "clip" else n_frames
+        arrays.append(_Array(f"targets/{spec.name}", (rows, spec.dim), np.dtype(spec.dtype)))
+        if _is_coded(spec):
+            arrays.append(_Array(f"affine/{spec.name}", (n_clips, 2, spec.dim),
+                                 np.dtype(np.float32)))
+    return arrays
+
+
 def write_shard(path: str | os.PathLike[str], result: PartitionResult,
                 specs: Sequence[TargetSpec], *, sample_rate: int, hop: int,
                 attrs: dict[str, Any]) -> None:
@@ -1493,20 +1508,16 @@ def write_shard(path: str | os.PathLike[str], result: PartitionResult,
     cols = _columns_of([r.clip for r in rows], [r.n_samples for r in rows],
                        [r.sha1 for r in rows], hop)
     waves = [r.waveform for r in rows if r.waveform is not None]
-    content: list[tuple[_Array, list[np.ndarray]]] = [
-        (_Array("waveform", (sum(len(w) for w in waves),), np.dtype(np.int16)), waves)]
+    pieces: dict[str, list[np.ndarray]] = {"waveform": waves}
     array_attrs = {}
     for spec in specs:
-        arrays = [r.targets[spec.name] for r in rows]
-        name = f"targets/{spec.name}"
-        content.append((_Array(name, (sum(len(a) for a in arrays), spec.dim),
-                               np.dtype(spec.dtype)), arrays))
-        array_attrs[name] = _target_attrs(
+        pieces[f"targets/{spec.name}"] = [r.targets[spec.name] for r in rows]
+        array_attrs[f"targets/{spec.name}"] = _target_attrs(
             spec, Stats.combine((r.stats[spec.name] for r in rows), spec.dim))
         if _is_coded(spec):
-            content.append((_Array(f"affine/{spec.name}", (len(rows), 2, spec.dim),
-                                   np.dtype(np.float32)),
-                            [r.affine[spec.name][None] for r in rows]))
+            pieces[f"affine/{spec.name}"] = [r.affine[spec.name][None] for r in rows]
+    layout = _layout(specs, n_clips=len(rows), n_frames=int(sum(cols["n_frames"])),
+                     n_samples=sum(len(w) for w in waves))
 
     def describe(f: Any) -> None:
         _root_attrs(f, {"sample_rate": sample_rate, "hop": hop, **attrs})
@@ -1514,12 +1525,12 @@ def write_shard(path: str | os.PathLike[str], result: PartitionResult,
         f.require_group("targets")
         _write_errors(f, result.errors)
 
-    out = _StoreFile(path, [a for a, _ in content], what="a shard",
+    out = _StoreFile(path, layout, what="a shard",
                      kept="the store is unchanged and finished shards are kept: free some "
                           "space and run the same command to resume")
     try:
-        for a, pieces in content:
-            for piece in pieces:
+        for a in layout:
+            for piece in pieces[a.name]:
                 out.append(a.name, piece)
         out.finish(describe, array_attrs)
     finally:
@@ -1615,15 +1626,9 @@ class Assembly:
         self.errors: list[tuple[str, str]] = []
         self.stats = {s.name: Stats.combine((), s.dim) for s in self.specs}
         every = [*(base.specs.values() if base is not None else ()), *self.specs]
-        n_frames = sum(n // hop for n in self.n_samples)
-        arrays = [_Array("waveform", (sum(self.n_samples),), np.dtype(np.int16))]
-        for spec in every:
-            rows = len(self.n_samples) if spec.rate == "clip" else n_frames
-            arrays.append(_Array(f"targets/{spec.name}", (rows, spec.dim),
-                                 np.dtype(spec.dtype)))
-            if _is_coded(spec):
-                arrays.append(_Array(f"affine/{spec.name}", (len(self.n_samples), 2, spec.dim),
-                                     np.dtype(np.float32)))
+        arrays = _layout(every, n_clips=len(self.n_samples),
+                         n_frames=sum(n // hop for n in self.n_samples),
+                         n_samples=sum(self.n_samples))
         kept = ("the previous store is unchanged" if self.output.exists()
                 else "no store was written")
         self.file = _StoreFile(self.output, arrays, what="the store", kept=kept)
